@@ -1,0 +1,249 @@
+"""Typed configuration: one dataclass per component, each default documented once, here.
+
+    from synthgen.config import Config
+    cfg = Config.from_yaml("run.yaml", overrides={"train.epochs": 5})
+    print(cfg.to_yaml())
+
+A YAML file holds any subset of the sections below; missing keys keep their defaults and unknown keys
+are an error (a typo should not silently train with a default).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is invalid; the message names the key or the file."""
+
+
+@dataclass
+class DataConfig:
+    images: str = ""
+    """Folder of training images (png, jpg, tif; gray or RGB). Paired with masks by file stem."""
+    masks: str = ""
+    """Folder of masks, same stems as the images."""
+    image_size: int = 256
+    """Training crop size in px (square). Must be a multiple of 16. Larger images are randomly cropped
+    each time they are read; an image smaller than this on either side is upscaled (aspect kept) so
+    its short side equals image_size, with a warning."""
+    invert_mask: bool = False
+    """Masks hold two values; by default the brighter one is foreground (1). True flips that, e.g. for
+    ISBI 2012 where membranes are 0 (black)."""
+    min_pairs: int = 3
+    """Fewer valid pairs than this (validation pairs included) is refused."""
+    val_pairs: int = 1
+    """Pairs held out (the last ones by sorted stem) for validation SSIM; 0 disables validation."""
+    repeats: int = 8
+    """Random crops drawn from each training pair per epoch: with 3-30 pairs an 'epoch' of one pass
+    would be a handful of steps."""
+    augment: bool = True
+    """Joint image/mask augmentation: random crop, flips, 90-degree rotations."""
+
+
+@dataclass
+class Pix2PixConfig:
+    ngf: int = 64
+    """Generator width: channels of the first U-Net layer (doubling per level, capped at 8*ngf)."""
+    ndf: int = 64
+    """Discriminator width: channels of the first PatchGAN layer."""
+    gan_mode: str = "vanilla"
+    """GAN loss: 'vanilla' (BCE), 'lsgan' (least squares) or 'hinge'."""
+    lambda_l1: float = 100.0
+    """Weight of the L1 reconstruction term against the GAN term (pix2pix default 100)."""
+    spectral_norm: bool = False
+    """Spectral normalisation on the discriminator's convolutions (stabilises few-shot training)."""
+    upsample: str = "resize"
+    """Generator decoder: 'resize' (nearest upsample + 3x3 conv, no checkerboard artefacts) or
+    'transpose' (the reference pix2pix transposed convolutions)."""
+    dropout: bool = True
+    """Dropout 0.5 in the three innermost decoder levels (pix2pix's noise source)."""
+    diffaug: str = "color,translation,cutout"
+    """Differentiable augmentation applied to real and fake discriminator inputs in both G and D
+    steps; comma list of color, translation, cutout; '' disables it."""
+
+
+@dataclass
+class VAEConfig:
+    latent_dim: int = 512
+    """Size of z."""
+    nf: int = 32
+    """Width of the first encoder level (doubling per level, capped at 8*nf)."""
+    beta: float = 1.0
+    """Weight of the KL term: loss = recon + beta * KL (both summed per image)."""
+    kl_warmup_epochs: int = 0
+    """Ramp beta linearly from 0 over this many epochs (0 = full beta from the start); avoids the
+    decoder learning to ignore z early on."""
+
+
+@dataclass
+class TrainConfig:
+    model: str = "pix2pix"
+    """Which model to train: 'pix2pix' or 'vae'."""
+    out: str = "runs/train"
+    """Run directory: config, Ray checkpoints, final model, plots."""
+    epochs: int = 20
+    batch_size: int = 4
+    """Images per worker per optimisation step (before accumulation)."""
+    lr: float = 2e-4
+    """Adam learning rate for every network (pix2pix default)."""
+    lr_d: float = 0.0
+    """Discriminator learning rate; 0 means use lr."""
+    beta1: float = 0.5
+    """Adam beta1 (pix2pix default)."""
+    decay_start: float = 0.5
+    """Fraction of the epochs after which the learning rate decays linearly to 0 (1.0 = no decay)."""
+    precision: str = "fp32"
+    """'fp32', 'bf16' (autocast, CPU or GPU) or 'fp16' (autocast + grad scaler, GPU only)."""
+    grad_clip: float = 0.0
+    """Max global gradient norm per network; 0 disables clipping."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimiser step."""
+    workers: int = 1
+    """Ray Train data-parallel workers."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker (fractions allowed, so small machines keep a CPU for the driver)."""
+    gpu: bool = False
+    """One GPU per worker and the NCCL backend (gloo on CPU)."""
+    seed: int = 0
+    """Seeds weights, data order, augmentation and dropout: the same seed gives the same weights."""
+    checkpoint_every: int = 5
+    """Checkpoint every K epochs (the last epoch always checkpoints)."""
+    keep_checkpoints: int = 2
+    """Keep only the newest N checkpoints (a 256 px pix2pix checkpoint with Adam state is ~0.7 GB)."""
+    max_failures: int = 1
+    """Times Ray restarts a failed worker group from the latest checkpoint before giving up."""
+    resume: bool = False
+    """Continue from the latest checkpoint in `out` instead of starting over."""
+    samples: int = 4
+    """Masks shown in the sample grid at the end (VAE: 3 samples each)."""
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    pix2pix: Pix2PixConfig = field(default_factory=Pix2PixConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, directory: str, name: str = "config.yaml") -> str:
+        """Write the resolved config beside a run's outputs (atomically)."""
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, name)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            if name.endswith(".json"):
+                json.dump(self.to_dict(), f, indent=2)
+            else:
+                f.write(self.to_yaml())
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, source: str = "config") -> "Config":
+        cfg = cls()
+        for section, values in (d or {}).items():
+            if section not in SECTIONS:
+                raise ConfigError(f"{source}: unknown section '{section}' (known: {', '.join(SECTIONS)})")
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: section '{section}' must be a mapping")
+            for key, value in values.items():
+                _set(cfg, f"{section}.{key}", value, source)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | None = None, overrides: dict[str, Any] | None = None) -> "Config":
+        """Defaults, then the YAML file (if any), then `overrides` ({'train.epochs': 5, ...})."""
+        d: dict[str, Any] = {}
+        if path:
+            try:
+                with open(path) as f:
+                    loaded = yaml.safe_load(f)
+            except OSError as e:
+                raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path}: not valid YAML ({e})") from None
+            if loaded is not None and not isinstance(loaded, dict):
+                raise ConfigError(f"{path}: top level must be a mapping of sections")
+            d = loaded or {}
+        cfg = cls.from_dict(d, source=path or "config")
+        for dotted, value in (overrides or {}).items():
+            if value is not None:
+                _set(cfg, dotted, value, "command line")
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        t, dt, p = self.train, self.data, self.pix2pix
+        checks = [
+            (t.model in ("pix2pix", "vae"), "train.model must be 'pix2pix' or 'vae'"),
+            (dt.image_size >= 16 and dt.image_size % 16 == 0, "data.image_size must be a multiple of 16, >= 16"),
+            (t.epochs >= 1, "train.epochs must be >= 1"),
+            (t.batch_size >= 1, "train.batch_size must be >= 1"),
+            (t.workers >= 1, "train.workers must be >= 1"),
+            (t.grad_accum >= 1, "train.grad_accum must be >= 1"),
+            (t.lr > 0 and t.lr_d >= 0, "train.lr must be > 0 and train.lr_d >= 0"),
+            (0.0 <= t.decay_start <= 1.0, "train.decay_start must be in [0, 1]"),
+            (t.precision in ("fp32", "bf16", "fp16"), "train.precision must be fp32, bf16 or fp16"),
+            (t.precision != "fp16" or t.gpu, "train.precision fp16 needs --gpu (use bf16 on CPU)"),
+            (t.checkpoint_every >= 1 and t.keep_checkpoints >= 1, "checkpoint_every and keep_checkpoints must be >= 1"),
+            (p.gan_mode in ("vanilla", "lsgan", "hinge"), "pix2pix.gan_mode must be vanilla, lsgan or hinge"),
+            (p.upsample in ("resize", "transpose"), "pix2pix.upsample must be resize or transpose"),
+            (p.lambda_l1 >= 0, "pix2pix.lambda_l1 must be >= 0"),
+            (all(a in ("color", "translation", "cutout") for a in _split(p.diffaug)),
+             "pix2pix.diffaug is a comma list of color, translation, cutout"),
+            (self.vae.latent_dim >= 1 and self.vae.beta >= 0, "vae.latent_dim >= 1 and vae.beta >= 0"),
+            (dt.val_pairs >= 0 and dt.repeats >= 1, "data.val_pairs >= 0 and data.repeats >= 1"),
+            (dt.min_pairs >= dt.val_pairs + 1, "data.min_pairs must leave at least one training pair"),
+        ]
+        errors = [msg for ok, msg in checks if not ok]
+        if errors:
+            raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _split(s: str) -> list[str]:
+    return [a.strip() for a in s.split(",") if a.strip()]
+
+
+def _set(cfg: Config, dotted: str, value: Any, source: str) -> None:
+    section, _, key = dotted.partition(".")
+    obj = getattr(cfg, section, None)
+    names = {f.name: f for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else {}
+    if key not in names:
+        raise ConfigError(f"{source}: unknown key '{dotted}'")
+    default = getattr(obj, key)
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                value = value.lower() in ("true", "1", "yes")
+            value = bool(value)
+        elif isinstance(default, (int, float)) and not isinstance(value, bool):
+            if isinstance(default, int) and float(value) != int(float(value)):
+                raise ValueError(value)
+            value = type(default)(float(value) if isinstance(default, float) else int(float(value)))
+        elif isinstance(default, str):
+            value = str(value)
+        else:
+            raise ValueError(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: '{dotted}' must be {type(default).__name__}, got {value!r}") from None
+    setattr(obj, key, value)
