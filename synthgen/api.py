@@ -1,0 +1,126 @@
+"""Python front end, in-process (no Ray): thin wrappers over the same data, models and steps.
+
+    from synthgen import create_synthetic_dataloader, SyntheticDataGenerator
+    loader = create_synthetic_dataloader("imgs/", "masks/", batch_size=4, image_size=128)
+    gen = SyntheticDataGenerator(model_type="pix2pix", device="cpu", image_size=128)
+    gen.train_pix2pix(loader, num_epochs=10, lr=2e-4, lambda_l1=100.0)
+    gen.plot_training_curves("curves.png")
+    gen.visualize_generation(loader.dataset[0]["mask"], num_samples=1, save_path="samples.png")
+
+For multi-worker or GPU-cluster training use `synthgen train` (Ray Train); both run `steps.train_epoch`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from synthgen import plots
+from synthgen.checkpoint import load_checkpoint, restore_state, save_checkpoint
+from synthgen.config import Config, ConfigError
+from synthgen.data import PairDataset, find_pairs
+from synthgen.steps import TrainState, build_state, format_metrics, render, seed_epoch, train_epoch
+
+
+def create_synthetic_dataloader(images_dir: str, masks_dir: str, batch_size: int = 4, image_size: int = 256,
+                                invert_mask: bool = False, repeats: int | None = None, seed: int = 0,
+                                min_pairs: int | None = None) -> DataLoader:
+    """Validated pairs -> augmented, shuffled batches {"image", "mask", "index"} (see synthgen.data)."""
+    d = Config().data
+    pairs = find_pairs(images_dir, masks_dir, min_pairs if min_pairs is not None else d.min_pairs)
+    dataset = PairDataset(pairs, image_size, invert_mask, augment=True,
+                          repeats=repeats if repeats is not None else d.repeats, seed=seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+class SyntheticDataGenerator:
+    """Train a pix2pix or conditional-VAE generator in this process and render images from masks."""
+
+    def __init__(self, model_type: str = "pix2pix", device: str = "cpu", image_size: int = 256,
+                 latent_dim: int = 512, config: Config | None = None):
+        self.cfg = config or Config()
+        self.cfg.train.model = model_type
+        self.cfg.data.image_size = image_size
+        self.cfg.vae.latent_dim = latent_dim
+        self.cfg.validate()
+        self.device = torch.device(device)
+        self.state: TrainState | None = None
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        return self.state.history if self.state else []
+
+    def _train(self, model: str, dataloader: DataLoader, num_epochs: int) -> list[dict[str, float]]:
+        if self.cfg.train.model != model:
+            raise ConfigError(f"this generator was created with model_type='{self.cfg.train.model}', "
+                              f"not '{model}'")
+        self.cfg.train.epochs = (self.state.epoch if self.state else 0) + num_epochs
+        self.cfg.validate()
+        if self.state is None:
+            channels = next(iter(dataloader))["image"].shape[1]
+            self.state = build_state(self.cfg, channels, self.device)
+        dataset = dataloader.dataset
+        target = self.cfg.train.epochs
+        while self.state.epoch < target:
+            epoch = self.state.epoch
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+            seed_epoch(self.cfg, epoch, rank=0)
+            metrics = train_epoch(self.state, dataloader)
+            metrics["epoch"] = float(epoch + 1)
+            self.state.epoch += 1
+            self.state.history.append(metrics)
+            print(format_metrics(epoch, target, metrics), flush=True)
+        return self.history
+
+    def train_pix2pix(self, dataloader: DataLoader, num_epochs: int = 20, lr: float = 2e-4,
+                      lambda_l1: float = 100.0) -> list[dict[str, float]]:
+        """Train (or continue training) pix2pix; returns the per-epoch metric history."""
+        self.cfg.train.lr, self.cfg.pix2pix.lambda_l1 = lr, lambda_l1
+        return self._train("pix2pix", dataloader, num_epochs)
+
+    def train_vae(self, dataloader: DataLoader, num_epochs: int = 20, lr: float = 2e-4,
+                  beta: float = 1.0) -> list[dict[str, float]]:
+        """Train (or continue training) the conditional VAE; returns the per-epoch metric history."""
+        self.cfg.train.lr, self.cfg.vae.beta = lr, beta
+        return self._train("vae", dataloader, num_epochs)
+
+    def _require_trained(self) -> TrainState:
+        if self.state is None:
+            raise RuntimeError("train or load the generator first (train_pix2pix / train_vae / load)")
+        return self.state
+
+    def plot_training_curves(self, save_path: str) -> str:
+        return plots.plot_loss_curves(self._require_trained().history, save_path)
+
+    def visualize_generation(self, input_mask, num_samples: int = 4, save_path: str | None = None,
+                             seed: int = 0) -> torch.Tensor:
+        """Generate `num_samples` images per mask -> (B, num_samples, C, H, W) in [-1, 1].
+
+        `input_mask`: HxW numpy array or tensor of {0,1}, or a (1,H,W) / (B,1,H,W) tensor.
+        Pix2pix in eval mode is deterministic, so its samples are identical; the VAE's differ.
+        """
+        state = self._require_trained()
+        masks = torch.as_tensor(np.asarray(input_mask) if not torch.is_tensor(input_mask) else input_mask)
+        masks = masks.float()
+        while masks.dim() < 4:
+            masks = masks.unsqueeze(0)
+        if masks.shape[1] != 1:
+            raise ValueError(f"visualize_generation: expected a 1-channel mask, got shape {tuple(masks.shape)}")
+        masks = masks.to(self.device)
+        if save_path:
+            plots.save_sample_grid(state.nets, masks.cpu(), None, save_path, num_samples, seed)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        return render(state.nets, masks, num_samples, generator=gen).cpu()
+
+    def save(self, directory: str) -> str:
+        return save_checkpoint(directory, self._require_trained())
+
+    @classmethod
+    def load(cls, directory: str, device: str = "cpu") -> "SyntheticDataGenerator":
+        ckpt = load_checkpoint(directory, device, training_state=True)
+        gen = cls(ckpt.model, device, ckpt.cfg.data.image_size, ckpt.cfg.vae.latent_dim, config=ckpt.cfg)
+        gen.state = build_state(ckpt.cfg, ckpt.channels, device)
+        restore_state(gen.state, ckpt)
+        return gen

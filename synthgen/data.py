@@ -1,0 +1,351 @@
+"""Find and validate image/mask pairs, augment them jointly, and serve them as a torch Dataset.
+
+    from synthgen.data import find_pairs, split_pairs, PairDataset
+    pairs = find_pairs("data/images", "data/masks", min_pairs=3)
+    train, val = split_pairs(pairs, val_pairs=1)
+    ds = PairDataset(train, image_size=256, invert_mask=True, repeats=8, seed=0)
+
+Rules:
+- Pairing: an image and a mask belong together when their file stems match (`a.png` + `a.tif`).
+  Supported extensions: .png .jpg .jpeg .tif .tiff (any case). Hidden files (starting with '.') and
+  files with other extensions are ignored. Two files with the same stem in one folder (`a.png` and
+  `a.jpg`) are an error: which one was meant is ambiguous. Pairs are sorted by stem.
+- Images: gray images give 1 channel; RGB, RGBA and palette images give 3 (alpha is dropped). Mixed
+  gray and colour folders are allowed: then every image is used with 3 channels (gray is repeated).
+  16-bit and float images are stretched from their own min..max to 0..255.
+- Masks: converted to 8-bit gray, they must hold at most two distinct values (0/255, 0/1 or any two).
+  With two values the brighter is foreground (1) and the darker background (0); a mask with a single
+  value v is all foreground if v > 0, else all background. `invert_mask` flips foreground and
+  background (ISBI 2012 marks membranes with 0). A mask with more than two values is an error: JPEG
+  compression and anti-aliased drawing create in-between values, so save masks as PNG.
+- Sizes: images may have any size and aspect ratio; the mask must have the image's size. Training
+  draws a random `size x size` crop each time an item is read. An image smaller than `size` on either
+  side is upscaled (image bilinear, mask nearest) so its short side equals `size`, aspect kept, with a
+  warning naming the file: resized rather than refused, because a few small pairs are still usable.
+- Augmentation (`augment=True`): random crop position, horizontal flip, vertical flip and a rotation
+  by k*90 degrees (k in 0..3), applied identically to image and mask. `augment=False` takes the
+  deterministic centre crop without flips (validation).
+- Determinism: item i of epoch e draws its randomness from `np.random.default_rng([seed, e, i])`, so
+  the same (seed, epoch, index) gives the same sample whatever the worker count or read order.
+- Validation: `find_pairs` collects every problem (missing or empty folder, unpaired file, ambiguous
+  stem, unreadable or corrupt file, size mismatch, non-binary mask, too few pairs) and raises one
+  `DataError` listing them all, each line starting with the file or folder it concerns.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+# PIL modes decoded as one gray channel; every other mode (RGB, RGBA, P, CMYK, YCbCr, ...) is colour.
+_GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+# High-bit-depth gray modes: PIL's convert("L") clips them at 255 instead of scaling, so we scale.
+_WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+class DataError(ValueError):
+    """Raised with EVERY problem found; each line names the file. `.problems: list[str]`."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        # args = (problems,) so the error survives pickling (Ray ships exceptions between processes).
+        super().__init__(self.problems)
+
+    def __str__(self) -> str:
+        if len(self.problems) == 1:
+            return self.problems[0]
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        return f"{len(self.problems)} problems with the input data:\n{lines}"
+
+
+@dataclass(frozen=True)
+class Pair:
+    stem: str
+    image: str
+    """Path of the image file."""
+    mask: str
+    """Path of the mask file."""
+
+
+def _open(path: str) -> Image.Image:
+    """Open and fully decode one file: Image.open only reads the header, so truncation shows at load()."""
+    with Image.open(path) as im:
+        frames = getattr(im, "n_frames", 1)
+        if frames > 1:
+            # A multi-page TIFF (e.g. ISBI's train-volume.tif) would silently train on its first page only.
+            raise DataError(f"{path}: multi-page file ({frames} pages); save one image per file")
+        im.load()
+        return im.copy()
+
+
+def _gray_array(im: Image.Image) -> np.ndarray:
+    """HxW array of a gray image; wide modes keep their own dtype so no values are clipped."""
+    if im.mode in _WIDE_MODES:
+        return np.asarray(im)
+    return np.asarray(im.convert("L"))
+
+
+def _stretch_to_uint8(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64)
+    lo, hi = float(a.min()), float(a.max())
+    if hi <= lo:
+        return np.zeros(a.shape, np.uint8)
+    return np.round((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def _decode_image(im: Image.Image, channels: int | None) -> np.ndarray:
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be None, 1 or 3, got {channels}")
+    if im.mode in _GRAY_MODES:
+        gray = _gray_array(im)
+        out = (gray if gray.dtype == np.uint8 else _stretch_to_uint8(gray))[:, :, None]
+        return np.repeat(out, 3, axis=2) if channels == 3 else out
+    if channels == 1:
+        return np.asarray(im.convert("RGB").convert("L"))[:, :, None].copy()
+    return np.asarray(im.convert("RGB")).copy()  # RGBA/palette/CMYK -> RGB drops alpha
+
+
+def _binarise(gray: np.ndarray, path: str, invert: bool) -> np.ndarray:
+    values = np.unique(gray)
+    if len(values) > 2:
+        raise DataError(
+            f"{path}: mask has {len(values)} distinct gray values, at most 2 are allowed "
+            "(background and foreground). JPEG-compressed or anti-aliased masks are not binary: "
+            "threshold them and save masks as PNG")
+    if len(values) == 2:
+        fg = gray == values[1]
+    else:
+        fg = np.full(gray.shape, bool(values[0] > 0))
+    return (fg != invert).astype(np.uint8)
+
+
+def load_image(path: str, channels: int | None = None) -> np.ndarray:
+    """HxWxC uint8. Gray -> C=1, colour -> C=3 (alpha dropped); channels=3/1 forces the count."""
+    return _decode_image(_open(path), channels)
+
+
+def load_mask(path: str, invert: bool = False) -> np.ndarray:
+    """HxW uint8 in {0, 1}: brighter of the (at most two) values is 1, unless `invert`."""
+    return _binarise(_gray_array(_open(path)), path, invert)
+
+
+def _is_colour(path: str) -> bool:
+    with Image.open(path) as im:  # header only: cheap
+        return im.mode not in _GRAY_MODES
+
+
+def image_channels(pairs: list[Pair]) -> int:
+    """3 if any image is colour, else 1."""
+    return 3 if any(_is_colour(p.image) for p in pairs) else 1
+
+
+def _scan(folder: str, kind: str, problems: list[str]) -> tuple[dict[str, str], set[str]] | None:
+    """stem -> path of the supported files in `folder`, plus the ambiguous stems; None if unusable."""
+    if not os.path.exists(folder):
+        problems.append(f"{folder}: {kind} folder does not exist")
+        return None
+    if not os.path.isdir(folder):
+        problems.append(f"{folder}: not a folder (expected the {kind} folder)")
+        return None
+    by_stem: dict[str, list[str]] = {}
+    for name in sorted(os.listdir(folder)):
+        stem, ext = os.path.splitext(name)
+        path = os.path.join(folder, name)
+        if name.startswith(".") or ext.lower() not in IMAGE_EXTENSIONS or not os.path.isfile(path):
+            continue
+        by_stem.setdefault(stem, []).append(path)
+    if not by_stem:
+        problems.append(f"{folder}: {kind} folder holds no supported files ({', '.join(IMAGE_EXTENSIONS)})")
+        return None
+    ambiguous = {s for s, paths in by_stem.items() if len(paths) > 1}
+    for stem in sorted(ambiguous):
+        problems.append(f"{by_stem[stem][0]}: ambiguous, {len(by_stem[stem])} {kind} files share the "
+                        f"stem '{stem}' ({', '.join(by_stem[stem])}); keep one")
+    return {s: paths[0] for s, paths in by_stem.items() if s not in ambiguous}, ambiguous
+
+
+def _check(path: str, is_mask: bool, problems: list[str]) -> tuple[int, int] | None:
+    """Decode one file completely; report why it is unusable. Returns its (width, height)."""
+    try:
+        im = _open(path)
+        if is_mask:
+            _binarise(_gray_array(im), path, invert=False)
+        return im.size
+    except DataError as e:
+        problems.extend(e.problems)
+    except UnidentifiedImageError:
+        problems.append(f"{path}: not a readable image (corrupt, or not really a "
+                        f"{os.path.splitext(path)[1]} file)")
+    except Exception as e:  # noqa: BLE001 - any decoder failure must become a report line, not a traceback
+        problems.append(f"{path}: cannot read ({type(e).__name__}: {e})")
+    return None
+
+
+def find_pairs(images_dir: str, masks_dir: str, min_pairs: int = 1) -> list[Pair]:
+    """Discover pairs by file stem (sorted by stem) and validate every file.
+
+    Raises one DataError listing ALL problems found, rather than stopping at the first.
+    """
+    problems: list[str] = []
+    images = _scan(images_dir, "images", problems)
+    masks = _scan(masks_dir, "masks", problems)
+    if images is None or masks is None:
+        # Without both folders every file would also be 'unpaired': that noise would bury the cause.
+        raise DataError(problems)
+    (img_files, img_ambiguous), (mask_files, mask_ambiguous) = images, masks
+    pairs: list[Pair] = []
+    for stem in sorted(img_files.keys() | mask_files.keys()):
+        img, mask = img_files.get(stem), mask_files.get(stem)
+        if img is None or mask is None:
+            if stem in img_ambiguous or stem in mask_ambiguous:
+                continue  # already reported as ambiguous
+            if mask is None:
+                problems.append(f"{img}: no mask with stem '{stem}' in {masks_dir}")
+            else:
+                problems.append(f"{mask}: no image with stem '{stem}' in {images_dir}")
+            continue
+        img_size, mask_size = _check(img, False, problems), _check(mask, True, problems)
+        if img_size is None or mask_size is None:
+            continue
+        if img_size != mask_size:
+            problems.append(f"{img}: image is {img_size[0]}x{img_size[1]} px but its mask {mask} is "
+                            f"{mask_size[0]}x{mask_size[1]} px (width x height)")
+            continue
+        pairs.append(Pair(stem, img, mask))
+    if len(pairs) < min_pairs:
+        problems.append(f"{images_dir}: found {len(pairs)} valid pairs, need at least {min_pairs}")
+    if problems:
+        raise DataError(problems)
+    return pairs
+
+
+def split_pairs(pairs: list[Pair], val_pairs: int) -> tuple[list[Pair], list[Pair]]:
+    """(train, val): the last `val_pairs` pairs by sorted stem are validation."""
+    ordered = sorted(pairs, key=lambda p: p.stem)
+    if val_pairs < 0:
+        raise ValueError(f"val_pairs must be >= 0, got {val_pairs}")
+    if val_pairs >= len(ordered):
+        raise DataError(f"{len(ordered)} pairs with val_pairs={val_pairs} leave no pair for training")
+    cut = len(ordered) - val_pairs
+    return ordered[:cut], ordered[cut:]
+
+
+def fit_to_size(image: np.ndarray, mask: np.ndarray, size: int,
+                name: str = "image") -> tuple[np.ndarray, np.ndarray]:
+    """Upscale so the short side equals `size` when either side is smaller (image bilinear, mask nearest)."""
+    h, w = mask.shape
+    if h >= size and w >= size:
+        return image, mask
+    scale = size / min(h, w)
+    # max() guards against float rounding putting a side one pixel below `size`.
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    warnings.warn(f"{name}: {w}x{h} px is smaller than image_size {size}; upscaled to {nw}x{nh} px",
+                  stacklevel=2)
+    channels = [np.asarray(Image.fromarray(image[:, :, c]).resize((nw, nh), Image.BILINEAR))
+                for c in range(image.shape[2])]
+    new_mask = np.asarray(Image.fromarray(mask).resize((nw, nh), Image.NEAREST))
+    return np.stack(channels, axis=2), new_mask.copy()
+
+
+def joint_augment(image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator,
+                  augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """One size x size crop of (HxWxC image, HxW mask), with identical flips/rotation when augmenting."""
+    h, w = mask.shape
+    if image.shape[:2] != (h, w) or h < size or w < size:
+        raise ValueError(f"image {image.shape[:2]} and mask {mask.shape} must match and be >= {size} "
+                         "(call fit_to_size first)")
+    if augment:
+        # Always draw every number in the same order, so one sample's randomness never shifts another's.
+        top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+        hflip, vflip, k = rng.random() < 0.5, rng.random() < 0.5, int(rng.integers(0, 4))
+    else:
+        top, left, hflip, vflip, k = (h - size) // 2, (w - size) // 2, False, False, 0
+    img, msk = image[top:top + size, left:left + size], mask[top:top + size, left:left + size]
+    if hflip:
+        img, msk = img[:, ::-1], msk[:, ::-1]
+    if vflip:
+        img, msk = img[::-1], msk[::-1]
+    img, msk = np.rot90(img, k, axes=(0, 1)), np.rot90(msk, k, axes=(0, 1))
+    # Flips and rot90 are views with negative strides, which torch.from_numpy rejects.
+    return np.ascontiguousarray(img), np.ascontiguousarray(msk)
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """HxWxC uint8 -> CxHxW float32 in [-1, 1] (the generator's tanh range)."""
+    if image.dtype != np.uint8:
+        raise TypeError(f"image_to_tensor expects uint8, got {image.dtype}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 127.5 - 1.0
+
+
+def tensor_to_image(t: torch.Tensor) -> np.ndarray:
+    """CxHxW in [-1, 1] -> HxWxC uint8 (clamped, rounded): exact inverse of image_to_tensor on uint8."""
+    x = ((t.detach().float().cpu().clamp(-1.0, 1.0) + 1.0) * 127.5).round()
+    return x.to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
+def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:
+    """HxW {0, 1} -> 1xHxW float32."""
+    return torch.from_numpy(np.ascontiguousarray(mask)).float().unsqueeze(0)
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """`repeats` random crops of each pair per epoch; pairs are decoded once, in __init__.
+
+    Each item is {"image": CxSxS float32 in [-1, 1], "mask": 1xSxS float32 in {0, 1}, "index": pair
+    index}. Call `set_epoch(e)` before iterating an epoch so crops differ between epochs; DataLoader
+    workers get a copy of the dataset when they start, so use persistent_workers=False (the default)
+    for the new epoch to reach them.
+    """
+
+    def __init__(self, pairs: list[Pair], image_size: int, invert_mask: bool = False, augment: bool = True,
+                 repeats: int = 1, seed: int = 0, channels: int | None = None) -> None:
+        if not pairs:
+            raise ValueError("PairDataset needs at least one pair")
+        if repeats < 1 or seed < 0 or image_size < 1:
+            raise ValueError(f"need repeats >= 1, seed >= 0 and image_size >= 1, "
+                             f"got {repeats}, {seed}, {image_size}")
+        self.pairs = list(pairs)
+        self.image_size, self.augment, self.repeats, self.seed = image_size, augment, repeats, seed
+        self.epoch = 0
+        # A 3-30 pair dataset fits in memory; decoding once keeps PNG/JPEG decoding out of every step.
+        self._channels = channels if channels is not None else image_channels(self.pairs)
+        self._images: list[np.ndarray] = []
+        self._masks: list[np.ndarray] = []
+        for p in self.pairs:
+            image, mask = load_image(p.image, self._channels), load_mask(p.mask, invert_mask)
+            if image.shape[:2] != mask.shape:
+                raise DataError(f"{p.image}: image is {image.shape[1]}x{image.shape[0]} px but its mask "
+                                f"{p.mask} is {mask.shape[1]}x{mask.shape[0]} px (width x height)")
+            image, mask = fit_to_size(image, mask, image_size, name=p.image)
+            self._images.append(image)
+            self._masks.append(mask)
+
+    @property
+    def channels(self) -> int:
+        return self._channels
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.pairs) * self.repeats
+
+    def __getitem__(self, i: int) -> dict:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} out of range for {n} items")
+        i = int(i) % n
+        k = i % len(self.pairs)
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        image, mask = joint_augment(self._images[k], self._masks[k], self.image_size, rng, self.augment)
+        return {"image": image_to_tensor(image), "mask": mask_to_tensor(mask), "index": k}

@@ -1,0 +1,85 @@
+"""Model registry: build the networks of a run from its Config, or rebuild one from a saved `.config`.
+
+    from synthgen.models import build_models, build_from_config
+    nets = build_models(cfg, channels=3)        # {"generator": ..., "discriminator": ...} or {"vae": ...}
+    g = build_from_config("generator", nets["generator"].config)   # same architecture, fresh weights
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+from torch.nn.utils import parametrize
+
+from synthgen.config import Config
+from synthgen.models.pix2pix import PatchDiscriminator, UNetGenerator
+from synthgen.models.vae import ConditionalVAE
+
+__all__ = [
+    "MODELS", "NETWORKS", "build_models", "build_from_config", "build_pix2pix", "build_vae", "init_weights",
+    "UNetGenerator", "PatchDiscriminator", "ConditionalVAE",
+]
+
+
+def init_weights(module: nn.Module, gain: float = 0.02) -> nn.Module:
+    """pix2pix 'normal' init, in place: conv/linear weights N(0, gain), norm weights N(1, gain), biases 0.
+
+    Small weights keep the Tanh output and the discriminator logits near 0 at the start, which is what
+    the pix2pix learning rate and lambda_l1 were tuned for. Returns the module for chaining.
+    """
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            # Under spectral norm `weight` is computed from `parametrizations.weight.original`.
+            if parametrize.is_parametrized(m, "weight"):
+                weight = m.parametrizations.weight.original
+            else:
+                weight = m.weight
+            nn.init.normal_(weight, 0.0, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.InstanceNorm2d, nn.BatchNorm2d)) and m.weight is not None:
+            nn.init.normal_(m.weight, 1.0, gain)
+            nn.init.zeros_(m.bias)
+    return module
+
+
+def build_pix2pix(cfg: Config, channels: int) -> dict[str, nn.Module]:
+    """Generator mask (1 channel) -> image (`channels`); discriminator on cat([mask, image])."""
+    p = cfg.pix2pix
+    generator = UNetGenerator(
+        in_channels=1, out_channels=channels, image_size=cfg.data.image_size,
+        ngf=p.ngf, upsample=p.upsample, dropout=p.dropout,
+    )
+    discriminator = PatchDiscriminator(in_channels=1 + channels, ndf=p.ndf, spectral_norm=p.spectral_norm)
+    return {"generator": init_weights(generator), "discriminator": init_weights(discriminator)}
+
+
+def build_vae(cfg: Config, channels: int) -> dict[str, nn.Module]:
+    v = cfg.vae
+    vae = ConditionalVAE(image_channels=channels, image_size=cfg.data.image_size, latent_dim=v.latent_dim, nf=v.nf)
+    return {"vae": init_weights(vae)}
+
+
+MODELS: dict[str, Callable[[Config, int], dict[str, nn.Module]]] = {"pix2pix": build_pix2pix, "vae": build_vae}
+"""cfg.train.model -> builder of that model's networks."""
+
+NETWORKS: dict[str, type[nn.Module]] = {
+    "generator": UNetGenerator, "discriminator": PatchDiscriminator, "vae": ConditionalVAE,
+}
+"""Network name (the keys build_models returns) -> class, for rebuilding from a saved `.config`."""
+
+
+def build_models(cfg: Config, channels: int) -> dict[str, nn.Module]:
+    """The freshly initialised networks of cfg.train.model for images with `channels` (1 or 3)."""
+    if cfg.train.model not in MODELS:
+        raise ValueError(f"unknown model '{cfg.train.model}' (known: {', '.join(MODELS)})")
+    if channels not in (1, 3):
+        raise ValueError(f"images must have 1 or 3 channels, got {channels}")
+    return MODELS[cfg.train.model](cfg, channels)
+
+
+def build_from_config(kind: str, config: dict[str, Any]) -> nn.Module:
+    """Rebuild a network from its `.config` dict (weights are the caller's: load_state_dict next)."""
+    if kind not in NETWORKS:
+        raise ValueError(f"unknown network kind '{kind}' (known: {', '.join(NETWORKS)})")
+    return NETWORKS[kind](**config)

@@ -1,0 +1,67 @@
+"""Convolution blocks shared by the pix2pix U-Net, the PatchGAN and the conditional VAE."""
+from __future__ import annotations
+
+from torch import nn
+
+UPSAMPLE_MODES = ("resize", "transpose")
+
+
+def norm_layer(channels: int) -> nn.Module:
+    """Instance norm with a learned scale and shift.
+
+    Why not BatchNorm (the reference pix2pix default): under Ray data parallelism each worker holds
+    1-4 images, so batch statistics are per-worker noise and, without SyncBatchNorm, differ between
+    workers, which is a known way for the reference pix2pix to train badly under DDP. Instance norm
+    normalises each image on its own, so it is identical at any batch size or worker count and needs
+    no cross-worker synchronisation; it is also what pix2pix uses at batch size 1.
+    """
+    return nn.InstanceNorm2d(channels, affine=True)
+
+
+def down_block(in_channels: int, out_channels: int, *, act: bool = True, norm: bool = True) -> nn.Sequential:
+    """LeakyReLU(0.2) -> 4x4 stride-2 conv -> norm: halves H and W.
+
+    The activation comes first (as in pix2pix) so that the skip connection carries the pre-activation
+    features. It is not in-place: the reference's in-place LeakyReLU silently rewrites the tensor that
+    the skip connection also reads.
+    """
+    layers: list[nn.Module] = []
+    if act:
+        layers.append(nn.LeakyReLU(0.2))
+    # A conv followed by an affine norm needs no bias: the norm's shift replaces it.
+    layers.append(nn.Conv2d(in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=not norm))
+    if norm:
+        layers.append(norm_layer(out_channels))
+    return nn.Sequential(*layers)
+
+
+def up_block(in_channels: int, out_channels: int, upsample: str = "resize", bias: bool = False) -> nn.Sequential:
+    """Doubles H and W: 'resize' = nearest x2 upsample + 3x3 conv (no checkerboard artefacts, Odena et
+    al. 2016); 'transpose' = ConvTranspose2d(4, 2, 1) as in the reference pix2pix."""
+    if upsample == "resize":
+        return nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=bias),
+        )
+    if upsample == "transpose":
+        return nn.Sequential(
+            nn.ConvTranspose2d(in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=bias)
+        )
+    raise ValueError(f"unknown upsample mode '{upsample}' (known: {', '.join(UPSAMPLE_MODES)})")
+
+
+def unet_depth(image_size: int, max_depth: int = 8, min_bottleneck: int = 1) -> int:
+    """Largest d <= max_depth with image_size divisible by 2**d and image_size // 2**d >= min_bottleneck.
+
+    256 -> 8 (1x1 bottleneck, the pix2pix U-Net), 32 -> 5, 48 -> 4 (3x3 bottleneck).
+    """
+    if image_size < 2 * min_bottleneck or image_size % 2:
+        raise ValueError(f"image_size {image_size} cannot be halved even once down to >= {min_bottleneck} px")
+    depth = 0
+    while (
+        depth < max_depth
+        and image_size % 2 ** (depth + 1) == 0
+        and image_size // 2 ** (depth + 1) >= min_bottleneck
+    ):
+        depth += 1
+    return depth

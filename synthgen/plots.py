@@ -1,0 +1,80 @@
+"""Loss curves, sample grids and the end-of-run summary (matplotlib, no Ray)."""
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: runs on clusters and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from synthgen.data import tensor_to_image  # noqa: E402
+from synthgen.steps import render  # noqa: E402
+
+
+def _save(fig, path: str) -> str:
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_loss_curves(history: list[dict[str, float]], path: str) -> str:
+    """One panel per named metric ('loss/...' and 'val/...') against epoch."""
+    keys = sorted({k for h in history for k in h if "/" in k})
+    if not keys:
+        raise ValueError("plot_loss_curves: the history holds no metrics")
+    cols = min(3, len(keys))
+    rows = (len(keys) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        points = [(h.get("epoch", i + 1), h[key]) for i, h in enumerate(history) if key in h]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3)
+        ax.set_title(key)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _show(ax, img, title: str) -> None:
+    ax.imshow(img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None, vmin=0, vmax=255)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def save_sample_grid(nets: dict, masks: torch.Tensor, reals: torch.Tensor | None, path: str,
+                     num_samples: int = 1, seed: int = 0) -> str:
+    """Rows of mask | real | generated (x num_samples); `reals` may be None (no real image)."""
+    device = next(iter(nets.values())).parameters().__next__().device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    fakes = render(nets, masks.to(device), num_samples, generator=gen).cpu()
+    cols = 1 + (reals is not None) + num_samples
+    fig, axes = plt.subplots(len(masks), cols, figsize=(2.2 * cols, 2.2 * len(masks)), squeeze=False)
+    for r in range(len(masks)):
+        c = 0
+        _show(axes[r, c], (masks[r].permute(1, 2, 0).numpy() * 255), "mask")
+        if reals is not None:
+            c += 1
+            _show(axes[r, c], tensor_to_image(reals[r]), "real")
+        for s in range(num_samples):
+            _show(axes[r, c + 1 + s], tensor_to_image(fakes[r, s]), f"generated {s + 1}" if num_samples > 1 else "generated")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def summary_text(summary: dict) -> str:
+    """The one-screen end-of-run summary."""
+    first, last = summary.get("first_epoch", {}), summary.get("last_epoch", {})
+    lines = ["", "=" * 64, f"synthgen {summary['model']}: {summary['epochs']} epochs in {summary['seconds']:.0f}s"
+             f" ({summary['images_per_s']:.1f} images/s)", "-" * 64, f"{'metric':<24}{'first epoch':>16}{'last epoch':>16}"]
+    for key in sorted(k for k in last if "/" in k):
+        lines.append(f"{key:<24}{first.get(key, float('nan')):>16.4f}{last[key]:>16.4f}")
+    lines.append("-" * 64)
+    lines += [f"{name:<12}{path}" for name, path in summary["outputs"].items()]
+    lines.append("=" * 64)
+    return "\n".join(lines)

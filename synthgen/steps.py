@@ -1,0 +1,244 @@
+"""Optimisation steps and the per-epoch loop, plain PyTorch (no Ray).
+
+Ray Train (`synthgen.train`) and the in-process Python API (`synthgen.api`) both drive training through
+`build_state` + `train_epoch`, so there is one training loop whatever runs it. A step returns flat named
+scalars ("loss/G_l1", ...) that progress lines, Ray reports and plots consume generically.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from synthgen.config import Config
+from synthgen.data import tensor_to_image
+from synthgen.diffaug import diff_augment
+from synthgen.losses import (discriminator_loss, discriminator_loss_terms, generator_adversarial_loss,
+                             kl_divergence, l1_loss, vae_reconstruction_loss)
+from synthgen.models import build_models
+from synthgen.quality import ssim
+
+
+@dataclass
+class TrainState:
+    """Everything one worker trains and checkpoints. `nets` may be DDP-wrapped by the caller."""
+
+    cfg: Config
+    nets: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
+    scalers: dict[str, torch.amp.GradScaler]
+    device: torch.device
+    channels: int
+    epoch: int = 0
+    """The next epoch to run (0-based); equals the number of finished epochs."""
+    history: list[dict[str, float]] = field(default_factory=list)
+    """One dict of metrics per finished epoch."""
+
+
+def unwrap(net: nn.Module) -> nn.Module:
+    """The plain module behind a DistributedDataParallel wrapper."""
+    return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+
+
+def lr_factor(epoch: int, epochs: int, decay_start: float) -> float:
+    """pix2pix schedule: constant, then linear decay towards 0 over the remaining epochs."""
+    start = int(round(decay_start * epochs))
+    if epoch < start:
+        return 1.0
+    return 1.0 - (epoch - start + 1) / float(epochs - start + 1)
+
+
+def build_state(cfg: Config, channels: int, device: torch.device | str = "cpu") -> TrainState:
+    """Fresh networks (seeded: identical on every worker), Adam optimisers and LR schedules."""
+    device = torch.device(device)
+    torch.manual_seed(cfg.train.seed)
+    nets = {name: net.to(device) for name, net in build_models(cfg, channels).items()}
+    t = cfg.train
+    optimizers = {}
+    for name, net in nets.items():
+        lr = t.lr_d if (name == "discriminator" and t.lr_d > 0) else t.lr
+        optimizers[name] = torch.optim.Adam(net.parameters(), lr=lr, betas=(t.beta1, 0.999))
+    schedulers = {name: torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda e: lr_factor(e, t.epochs, t.decay_start)) for name, opt in optimizers.items()}
+    use_scaler = t.precision == "fp16"
+    scalers = {name: torch.amp.GradScaler(device.type, enabled=use_scaler) for name in nets}
+    return TrainState(cfg, nets, optimizers, schedulers, scalers, device, channels)
+
+
+def autocast(state: TrainState) -> contextlib.AbstractContextManager:
+    p = state.cfg.train.precision
+    if p == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(state.device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
+
+
+def _sync_unless(net: nn.Module, last: bool) -> contextlib.AbstractContextManager:
+    """Accumulating micro-batches under DDP: all-reduce gradients only on the last one."""
+    if not last and isinstance(net, nn.parallel.DistributedDataParallel):
+        return net.no_sync()
+    return contextlib.nullcontext()
+
+
+def _set_requires_grad(net: nn.Module, flag: bool) -> None:
+    for p in net.parameters():
+        p.requires_grad_(flag)
+
+
+def _optimiser_step(state: TrainState, name: str) -> None:
+    scaler, opt = state.scalers[name], state.optimizers[name]
+    if state.cfg.train.grad_clip > 0:
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(state.nets[name].parameters(), state.cfg.train.grad_clip)
+    scaler.step(opt)
+    scaler.update()
+
+
+def pix2pix_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """One D and one G update over `batches` (grad_accum micro-batches).
+
+    Per micro-batch the D loss (fake detached) and the G loss (through a frozen, unwrapped D) are both
+    back-propagated before either optimiser steps: a simultaneous update, which keeps every DDP module
+    at one forward per backward. The G step goes through `unwrap(D)` so no DDP reduction is started
+    for gradients that are thrown away.
+    """
+    G, D = state.nets["generator"], state.nets["discriminator"]
+    pc, n = state.cfg.pix2pix, len(batches)
+    for opt in state.optimizers.values():
+        opt.zero_grad(set_to_none=True)
+    sums = dict.fromkeys(["loss/G_gan", "loss/G_l1", "loss/D_real", "loss/D_fake"], 0.0)
+    for i, b in enumerate(batches):
+        last = i == n - 1
+        mask, real = b["mask"], b["image"]
+        with _sync_unless(G, last), _sync_unless(D, last):
+            with autocast(state):
+                fake = G(mask)
+                # Real and fake through D in one forward: one DDP forward per backward, and the
+                # per-sample DiffAugment parameters differ for every image anyway.
+                m, x = diff_augment(torch.cat([mask, mask]), torch.cat([real, fake.detach()]), pc.diffaug)
+                real_logits, fake_logits = D(torch.cat([m, x], 1)).chunk(2)
+                d_real, d_fake = discriminator_loss_terms(real_logits, fake_logits, pc.gan_mode)
+                loss_d = discriminator_loss(real_logits, fake_logits, pc.gan_mode)
+            state.scalers["discriminator"].scale(loss_d / n).backward()
+
+            _set_requires_grad(D, False)
+            with autocast(state):
+                m, x = diff_augment(mask, fake, pc.diffaug)
+                g_gan = generator_adversarial_loss(unwrap(D)(torch.cat([m, x], 1)), pc.gan_mode)
+                g_l1 = l1_loss(fake.float(), real)
+                loss_g = g_gan + pc.lambda_l1 * g_l1
+            state.scalers["generator"].scale(loss_g / n).backward()
+            _set_requires_grad(D, True)
+        for key, value in zip(sums, (g_gan, g_l1, d_real, d_fake)):
+            sums[key] += float(value.detach()) / n
+    _optimiser_step(state, "discriminator")
+    _optimiser_step(state, "generator")
+    return sums
+
+
+def kl_weight(cfg: Config, epoch: int) -> float:
+    """beta, ramped linearly over the first kl_warmup_epochs epochs."""
+    v = cfg.vae
+    if v.kl_warmup_epochs <= 0:
+        return v.beta
+    return v.beta * min(1.0, (epoch + 1) / v.kl_warmup_epochs)
+
+
+def vae_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """One update of loss = recon + beta * KL (both summed per image, averaged over the batch)."""
+    vae, n = state.nets["vae"], len(batches)
+    beta = kl_weight(state.cfg, state.epoch)
+    state.optimizers["vae"].zero_grad(set_to_none=True)
+    sums = dict.fromkeys(["loss/VAE_recon_l1", "loss/VAE_kl", "loss/VAE_total"], 0.0)
+    for i, b in enumerate(batches):
+        with _sync_unless(vae, i == n - 1):
+            with autocast(state):
+                recon, mu, logvar = vae(b["image"], b["mask"])
+            recon_loss = vae_reconstruction_loss(recon.float(), b["image"])
+            kl = kl_divergence(mu.float(), logvar.float())
+            loss = recon_loss + beta * kl
+            state.scalers["vae"].scale(loss / n).backward()
+        per_pixel = float(l1_loss(recon.detach().float(), b["image"]))
+        for key, value in zip(sums, (per_pixel, float(kl), float(loss))):
+            sums[key] += value / n
+    _optimiser_step(state, "vae")
+    return sums
+
+
+STEPS: dict[str, Callable[[TrainState, list], dict[str, float]]] = {"pix2pix": pix2pix_step, "vae": vae_step}
+
+
+def seed_epoch(cfg: Config, epoch: int, rank: int) -> None:
+    """Seed dropout/DiffAugment per (seed, epoch, rank): a resumed run replays the epochs it redoes."""
+    torch.manual_seed(cfg.train.seed * 1_000_003 + epoch * 1009 + rank)
+
+
+def train_epoch(state: TrainState, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """Run one epoch over `batches`, group them into accumulation steps, return mean metrics."""
+    for net in state.nets.values():
+        net.train()
+    step = STEPS[state.cfg.train.model]
+    accum = state.cfg.train.grad_accum
+    totals: dict[str, float] = {}
+    steps, images, group = 0, 0, []
+    t0 = time.perf_counter()
+    for batch in batches:
+        group.append({k: v.to(state.device, non_blocking=True) for k, v in batch.items() if k in ("image", "mask")})
+        if len(group) < accum:
+            continue
+        for key, value in step(state, group).items():
+            totals[key] = totals.get(key, 0.0) + value
+        steps += 1
+        images += sum(len(b["image"]) for b in group)
+        group = []
+    if steps == 0:
+        raise RuntimeError("an epoch produced no optimisation step: fewer batches than grad_accum "
+                           "(lower train.grad_accum or train.batch_size, or raise data.repeats)")
+    for sched in state.schedulers.values():
+        sched.step()
+    metrics = {k: v / steps for k, v in totals.items()}
+    metrics.update({"steps": float(steps), "images": float(images), "time_s": time.perf_counter() - t0,
+                    "lr": state.optimizers[next(iter(state.optimizers))].param_groups[0]["lr"]})
+    return metrics
+
+
+def format_metrics(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
+    """The per-epoch progress line."""
+    parts = [f"{k.replace('loss/', '').replace('/', '_')} {v:.4f}" for k, v in metrics.items() if "/" in k]
+    return f"epoch {epoch + 1}/{epochs}  " + "  ".join(parts) + f"  ({metrics['time_s']:.1f}s)"
+
+
+@torch.no_grad()
+def render(nets: dict[str, nn.Module], masks: torch.Tensor, num_samples: int = 1,
+           generator: torch.Generator | None = None, prior_mean: bool = False) -> torch.Tensor:
+    """Images for `masks` (B,1,H,W) -> (B, num_samples, C, H, W), nets in eval mode.
+
+    pix2pix is deterministic in eval mode, so its samples repeat; the VAE draws z ~ N(0, I) per sample,
+    or uses z = 0 (the prior mean) when `prior_mean` (used for validation, where we want one image).
+    """
+    if "vae" in nets:
+        vae = unwrap(nets["vae"]).eval()
+        if prior_mean:
+            z = torch.zeros(len(masks), vae.config["latent_dim"], device=masks.device)
+            return vae.decode(z, masks).unsqueeze(1)
+        out = vae.sample(masks, num_samples=num_samples, generator=generator)
+        return out.view(len(masks), num_samples, *out.shape[1:])
+    gen = unwrap(nets["generator"]).eval()
+    out = gen(masks)
+    return out.unsqueeze(1).expand(-1, num_samples, *out.shape[1:])
+
+
+def validate(state: TrainState, val_batch: dict[str, torch.Tensor] | None) -> dict[str, float]:
+    """SSIM and L1 of the generated image against the real one on held-out pairs (centre crops)."""
+    if val_batch is None:
+        return {}
+    masks = val_batch["mask"].to(state.device)
+    real = val_batch["image"].to(state.device)
+    fake = render(state.nets, masks, prior_mean=True)[:, 0].float()
+    scores = [ssim(tensor_to_image(f), tensor_to_image(r)) for f, r in zip(fake.cpu(), real.cpu())]
+    return {"val/ssim": float(np.mean(scores)), "val/l1": float(l1_loss(fake, real))}

@@ -1,0 +1,209 @@
+"""Data-parallel training on Ray Train.
+
+    synthgen train --model pix2pix --images data/images --masks data/masks --out runs/p2p --workers 2
+
+`fit(cfg)` validates the data on the driver, starts a `TorchTrainer` whose workers run
+`train_loop_per_worker` (the same `steps.train_epoch` the Python API uses), then turns the final
+checkpoint into the run's outputs: `model/` (weights + config + metrics), `loss_curves.png`,
+`samples.png`, `summary.json`. All Ray Train calls live in this module.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+
+import ray
+import ray.train
+import torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer, prepare_model
+from torch.utils.data import DataLoader, DistributedSampler
+
+from synthgen.checkpoint import load_checkpoint, restore_state, save_checkpoint
+from synthgen.config import Config
+from synthgen.data import Pair, PairDataset, find_pairs, image_channels, split_pairs
+from synthgen.steps import build_state, format_metrics, seed_epoch, train_epoch, validate
+from synthgen import plots
+
+RAY_RUN_NAME = "ray_train"
+
+
+class TrainError(RuntimeError):
+    """Training cannot start or did not finish; the message says why."""
+
+
+def _pairs_from(rows: list[list[str]]) -> list[Pair]:
+    return [Pair(*r) for r in rows]
+
+
+def _val_batch(cfg: Config, val: list[Pair], channels: int) -> dict[str, torch.Tensor] | None:
+    if not val:
+        return None
+    ds = PairDataset(val, cfg.data.image_size, cfg.data.invert_mask, augment=False, channels=channels)
+    items = [ds[i] for i in range(len(ds))]
+    return {k: torch.stack([it[k] for it in items]) for k in ("image", "mask")}
+
+
+def _all_reduce_mean(metrics: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Average per-worker epoch metrics so the reported losses describe the whole batch."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return metrics
+    keys = sorted(metrics)
+    t = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    t /= torch.distributed.get_world_size()
+    return dict(zip(keys, t.tolist()))
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """What every Ray Train worker runs: build, restore, then epoch / report / checkpoint."""
+    cfg = Config.from_dict(loop_config["config"])
+    train_pairs, val_pairs = _pairs_from(loop_config["train_pairs"]), _pairs_from(loop_config["val_pairs"])
+    channels = loop_config["channels"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+
+    state = build_state(cfg, channels, device)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            restore_state(state, load_checkpoint(d, device, training_state=True))
+    state.nets = {name: prepare_model(net, move_to_device=False) for name, net in state.nets.items()}
+
+    dataset = PairDataset(train_pairs, cfg.data.image_size, cfg.data.invert_mask, cfg.data.augment,
+                          repeats=cfg.data.repeats, seed=cfg.train.seed, channels=channels)
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed)
+    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler,
+                        pin_memory=device.type == "cuda")
+    val_batch = _val_batch(cfg, val_pairs, channels)
+
+    while state.epoch < cfg.train.epochs:
+        epoch = state.epoch
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        seed_epoch(cfg, epoch, rank)
+        metrics = _all_reduce_mean(train_epoch(state, loader), device)
+        metrics.update(validate(state, val_batch))
+        metrics["epoch"] = float(epoch + 1)
+        state.epoch = epoch + 1
+        state.history.append(metrics)
+        if rank == 0:
+            print(format_metrics(epoch, cfg.train.epochs, metrics), flush=True)
+        due = state.epoch % cfg.train.checkpoint_every == 0 or state.epoch == cfg.train.epochs
+        if due and rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint(os.path.join(tmp, "ckpt"), state)
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(os.path.join(tmp, "ckpt")))
+        else:
+            ray.train.report(metrics)
+
+
+@dataclass
+class TrainResult:
+    out: str
+    model_dir: str
+    history: list[dict[str, float]]
+    seconds: float
+
+
+def _check_resources(cfg: Config) -> None:
+    t = cfg.train
+    available = ray.available_resources()
+    need_cpu = t.workers * t.cpus_per_worker
+    if need_cpu > available.get("CPU", 0) + 1e-9:
+        raise TrainError(f"{t.workers} workers x {t.cpus_per_worker} CPUs need {need_cpu:g} CPUs but Ray has "
+                         f"{available.get('CPU', 0):g} free: lower --workers or train.cpus_per_worker")
+    if t.gpu and t.workers > available.get("GPU", 0):
+        raise TrainError(f"--gpu with {t.workers} workers needs {t.workers} GPUs; Ray has "
+                         f"{available.get('GPU', 0):g} (omit --gpu to train on CPU)")
+
+
+def prepare_run_dir(cfg: Config, overwrite: bool) -> str:
+    """Refuse to mix a new run into an old one: Ray Train resumes any run it finds under its name."""
+    out = os.path.abspath(cfg.train.out)
+    ray_dir = os.path.join(out, RAY_RUN_NAME)
+    if os.path.exists(ray_dir) and not cfg.train.resume:
+        if not overwrite:
+            raise TrainError(f"{out}: already holds a training run; pass --resume to continue it "
+                             "or --overwrite to start over")
+        for name in (RAY_RUN_NAME, "model"):
+            shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+    if cfg.train.resume and not os.path.exists(ray_dir):
+        raise TrainError(f"{out}: --resume given but there is no run to resume there")
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+def fit(cfg: Config, overwrite: bool = False, pairs: list[Pair] | None = None) -> TrainResult:
+    """Validate data, train on Ray, write outputs. Starts a local Ray if none is running."""
+    t0 = time.time()
+    pairs = pairs if pairs is not None else find_pairs(cfg.data.images, cfg.data.masks, cfg.data.min_pairs)
+    train_pairs, val_pairs = split_pairs(pairs, cfg.data.val_pairs)
+    channels = image_channels(pairs)
+    out = prepare_run_dir(cfg, overwrite)
+    cfg.save(out)
+    print(f"synthgen train: {cfg.train.model}, {len(train_pairs)} train + {len(val_pairs)} val pairs, "
+          f"{channels} channel(s), {cfg.data.image_size}px, {cfg.train.workers} worker(s) -> {out}\n"
+          + cfg.to_yaml(), flush=True)
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
+    _check_resources(cfg)
+    t = cfg.train
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "channels": channels,
+                           "train_pairs": [[p.stem, p.image, p.mask] for p in train_pairs],
+                           "val_pairs": [[p.stem, p.image, p.mask] for p in val_pairs]},
+        torch_config=TorchConfig(backend="nccl" if t.gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.gpu,
+                                     resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.gpu else {})}),
+        run_config=RunConfig(name=RAY_RUN_NAME, storage_path=out,
+                             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
+                             failure_config=FailureConfig(max_failures=t.max_failures),
+                             logging_config=LoggingConfig(log_level="WARNING")),
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        raise TrainError(f"training failed after {t.max_failures} restart(s): {e}") from None
+    if result.checkpoint is None:
+        raise TrainError(f"{out}: training finished without a checkpoint")
+    model_dir = os.path.join(out, "model")
+    with result.checkpoint.as_directory() as d:
+        ckpt = load_checkpoint(d)
+        tmp = model_dir + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(d, tmp)
+    shutil.rmtree(model_dir, ignore_errors=True)
+    os.replace(tmp, model_dir)
+    write_run_report(out, ckpt, val_pairs or train_pairs, time.time() - t0)
+    return TrainResult(out, model_dir, ckpt.history, time.time() - t0)
+
+
+def write_run_report(out: str, ckpt, sample_pairs: list[Pair], seconds: float) -> None:
+    """Loss curves, sample grid, summary.json and a one-screen summary on stdout."""
+    cfg = ckpt.cfg
+    plots.plot_loss_curves(ckpt.history, os.path.join(out, "loss_curves.png"))
+    ds = PairDataset(sample_pairs[: cfg.train.samples], cfg.data.image_size, cfg.data.invert_mask,
+                     augment=False, channels=ckpt.channels)
+    masks = torch.stack([ds[i]["mask"] for i in range(len(ds))])
+    reals = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    n_samples = 3 if cfg.train.model == "vae" else 1
+    plots.save_sample_grid(ckpt.nets, masks, reals, os.path.join(out, "samples.png"), n_samples, cfg.train.seed)
+    last = ckpt.history[-1] if ckpt.history else {}
+    first = ckpt.history[0] if ckpt.history else {}
+    summary = {"model": cfg.train.model, "epochs": ckpt.epoch, "seconds": round(seconds, 1),
+               "first_epoch": first, "last_epoch": last,
+               "images_per_s": (last.get("images", 0) * cfg.train.workers / last["time_s"]) if last else 0.0,
+               "outputs": {"model": os.path.join(out, "model"), "loss_curves": os.path.join(out, "loss_curves.png"),
+                           "samples": os.path.join(out, "samples.png"), "config": os.path.join(out, "config.yaml")}}
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(plots.summary_text(summary), flush=True)
+
