@@ -5,8 +5,9 @@ A checkpoint is a directory:
     nets.json             each network's constructor arguments, enough to rebuild it
     config.json           the full run Config
     state.json            epoch (finished epochs), model name, image channels, metrics history
-    training_state.pt     optimisers, LR schedules and grad scalers (tensors, numbers, lists only),
-                          read back with torch.load(weights_only=True); optional, not needed to generate
+    training_state.pt     optimisers and grad scalers (tensors, numbers, lists only), read back with
+                          torch.load(weights_only=True); optional, not needed to generate. The LR
+                          schedule is a function of the epoch, so it has no state to save.
 Writes go to a temporary sibling directory that is renamed into place, so a crash never leaves a
 half-written checkpoint under the final name.
 """
@@ -73,7 +74,6 @@ def save_checkpoint(directory: str, state, include_training_state: bool = True) 
         if include_training_state:
             torch.save({
                 "optimizers": {k: o.state_dict() for k, o in state.optimizers.items()},
-                "schedulers": {k: s.state_dict() for k, s in state.schedulers.items()},
                 "scalers": {k: s.state_dict() for k, s in state.scalers.items()},
             }, os.path.join(tmp, "training_state.pt"))
         if os.path.isdir(directory):
@@ -138,8 +138,7 @@ def restore_state(state, ckpt: LoadedCheckpoint) -> None:
     for name, net in state.nets.items():
         unwrap(net).load_state_dict(ckpt.nets[name].state_dict())
     if ckpt.training_state is not None:
-        for kind, objs in (("optimizers", state.optimizers), ("schedulers", state.schedulers),
-                           ("scalers", state.scalers)):
+        for kind, objs in (("optimizers", state.optimizers), ("scalers", state.scalers)):
             for name, obj in objs.items():
                 obj.load_state_dict(ckpt.training_state[kind][name])
     state.epoch = ckpt.epoch

@@ -31,7 +31,6 @@ class TrainState:
     cfg: Config
     nets: dict[str, nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]
-    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
     scalers: dict[str, torch.amp.GradScaler]
     device: torch.device
     channels: int
@@ -54,21 +53,33 @@ def lr_factor(epoch: int, epochs: int, decay_start: float) -> float:
     return 1.0 - (epoch - start + 1) / float(epochs - start + 1)
 
 
+def base_lr(cfg: Config, net_name: str) -> float:
+    t = cfg.train
+    return t.lr_d if (net_name == "discriminator" and t.lr_d > 0) else t.lr
+
+
+def set_learning_rates(state: TrainState, epoch: int) -> float:
+    """Set every optimiser's LR for `epoch` from the config: the schedule is a pure function of the
+    epoch, so a resumed run (even one given more epochs) needs no scheduler state."""
+    t = state.cfg.train
+    factor = lr_factor(epoch, t.epochs, t.decay_start)
+    for name, opt in state.optimizers.items():
+        for group in opt.param_groups:
+            group["lr"] = base_lr(state.cfg, name) * factor
+    return factor
+
+
 def build_state(cfg: Config, channels: int, device: torch.device | str = "cpu") -> TrainState:
-    """Fresh networks (seeded: identical on every worker), Adam optimisers and LR schedules."""
+    """Fresh networks (seeded: identical on every worker) and Adam optimisers."""
     device = torch.device(device)
     torch.manual_seed(cfg.train.seed)
     nets = {name: net.to(device) for name, net in build_models(cfg, channels).items()}
     t = cfg.train
-    optimizers = {}
-    for name, net in nets.items():
-        lr = t.lr_d if (name == "discriminator" and t.lr_d > 0) else t.lr
-        optimizers[name] = torch.optim.Adam(net.parameters(), lr=lr, betas=(t.beta1, 0.999))
-    schedulers = {name: torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda e: lr_factor(e, t.epochs, t.decay_start)) for name, opt in optimizers.items()}
+    optimizers = {name: torch.optim.Adam(net.parameters(), lr=base_lr(cfg, name), betas=(t.beta1, 0.999))
+                  for name, net in nets.items()}
     use_scaler = t.precision == "fp16"
     scalers = {name: torch.amp.GradScaler(device.type, enabled=use_scaler) for name in nets}
-    return TrainState(cfg, nets, optimizers, schedulers, scalers, device, channels)
+    return TrainState(cfg, nets, optimizers, scalers, device, channels)
 
 
 def autocast(state: TrainState) -> contextlib.AbstractContextManager:
@@ -182,6 +193,7 @@ def train_epoch(state: TrainState, batches: Iterable[dict[str, torch.Tensor]]) -
     """Run one epoch over `batches`, group them into accumulation steps, return mean metrics."""
     for net in state.nets.values():
         net.train()
+    set_learning_rates(state, state.epoch)
     step = STEPS[state.cfg.train.model]
     accum = state.cfg.train.grad_accum
     totals: dict[str, float] = {}
@@ -199,8 +211,6 @@ def train_epoch(state: TrainState, batches: Iterable[dict[str, torch.Tensor]]) -
     if steps == 0:
         raise RuntimeError("an epoch produced no optimisation step: fewer batches than grad_accum "
                            "(lower train.grad_accum or train.batch_size, or raise data.repeats)")
-    for sched in state.schedulers.values():
-        sched.step()
     metrics = {k: v / steps for k, v in totals.items()}
     metrics.update({"steps": float(steps), "images": float(images), "time_s": time.perf_counter() - t0,
                     "lr": state.optimizers[next(iter(state.optimizers))].param_groups[0]["lr"]})
