@@ -11,6 +11,8 @@ For multi-worker or GPU-cluster training use `synthgen train` (Ray Train); both 
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -37,12 +39,15 @@ def create_synthetic_dataloader(images_dir: str, masks_dir: str, batch_size: int
 class SyntheticDataGenerator:
     """Train a pix2pix or conditional-VAE generator in this process and render images from masks."""
 
-    def __init__(self, model_type: str = "pix2pix", device: str = "cpu", image_size: int = 256,
-                 latent_dim: int = 512, config: Config | None = None):
-        self.cfg = config or Config()
+    def __init__(self, model_type: str = "pix2pix", device: str = "cpu", image_size: int | None = None,
+                 latent_dim: int | None = None, config: Config | None = None):
+        """`image_size` / `latent_dim` override `config` when given (defaults: synthgen.config)."""
+        self.cfg = copy.deepcopy(config) if config is not None else Config()
         self.cfg.train.model = model_type
-        self.cfg.data.image_size = image_size
-        self.cfg.vae.latent_dim = latent_dim
+        if image_size is not None:
+            self.cfg.data.image_size = image_size
+        if latent_dim is not None:
+            self.cfg.vae.latent_dim = latent_dim
         self.cfg.validate()
         self.device = torch.device(device)
         self.state: TrainState | None = None
@@ -120,7 +125,7 @@ class SyntheticDataGenerator:
     @classmethod
     def load(cls, directory: str, device: str = "cpu") -> "SyntheticDataGenerator":
         ckpt = load_checkpoint(directory, device, training_state=True)
-        gen = cls(ckpt.model, device, ckpt.cfg.data.image_size, ckpt.cfg.vae.latent_dim, config=ckpt.cfg)
+        gen = cls(ckpt.model, device, config=ckpt.cfg)
         gen.state = build_state(ckpt.cfg, ckpt.channels, device)
         restore_state(gen.state, ckpt)
         return gen

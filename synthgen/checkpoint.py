@@ -76,12 +76,18 @@ def save_checkpoint(directory: str, state, include_training_state: bool = True) 
                 "optimizers": {k: o.state_dict() for k, o in state.optimizers.items()},
                 "scalers": {k: s.state_dict() for k, s in state.scalers.items()},
             }, os.path.join(tmp, "training_state.pt"))
+        # Swap by renames: at every instant a complete checkpoint sits under `directory` or `aside`.
+        aside = None
         if os.path.isdir(directory):
-            shutil.rmtree(directory)
+            aside = tempfile.mkdtemp(prefix=".old-ckpt-", dir=parent)
+            os.rmdir(aside)
+            os.replace(directory, aside)
         os.replace(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if aside:
+        shutil.rmtree(aside, ignore_errors=True)
     return directory
 
 
@@ -101,6 +107,9 @@ def load_checkpoint(directory: str, device: str | torch.device = "cpu",
     if not os.path.isdir(directory):
         raise CheckpointError(f"{directory}: checkpoint directory does not exist")
     state = _read_json(os.path.join(directory, "state.json"))
+    if not isinstance(state, dict) or not {"epoch", "channels", "format_version"} <= state.keys():
+        raise CheckpointError(f"{directory}/state.json: not a synthgen checkpoint state "
+                              "(needs format_version, epoch, channels)")
     if state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{directory}: unsupported checkpoint format {state.get('format_version')!r}")
     try:

@@ -229,6 +229,8 @@ def _set(cfg: Config, dotted: str, value: Any, source: str) -> None:
     if key not in names:
         raise ConfigError(f"{source}: unknown key '{dotted}'")
     default = getattr(obj, key)
+    if value is None or isinstance(value, (list, dict)):
+        raise ConfigError(f"{source}: '{dotted}' must be a single {type(default).__name__} value, got {value!r}")
     try:
         if isinstance(default, bool):
             if isinstance(value, str):

@@ -175,7 +175,7 @@ def vae_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> dict[
             loss = recon_loss + beta * kl
             state.scalers["vae"].scale(loss / n).backward()
         per_pixel = float(l1_loss(recon.detach().float(), b["image"]))
-        for key, value in zip(sums, (per_pixel, float(kl), float(loss))):
+        for key, value in zip(sums, (per_pixel, float(kl.detach()), float(loss.detach()))):
             sums[key] += value / n
     _optimiser_step(state, "vae")
     return sums

@@ -34,6 +34,17 @@ def write_pairs(root: str, n: int = 4, size: tuple[int, int] = (48, 48), channel
     return images, masks
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one intra-op thread, and timings stay stable on a busy machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def pair_dirs(tmp_path):
     return write_pairs(str(tmp_path / "data"))

@@ -17,15 +17,6 @@ from synthgen.steps import lr_factor
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest and keeps timings stable on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _tiny_config() -> Config:
     cfg = Config()
     cfg.pix2pix.ngf = cfg.pix2pix.ndf = 4

@@ -13,15 +13,6 @@ from synthgen.checkpoint import CheckpointError, load_checkpoint, restore_state,
 from synthgen.steps import STEPS, build_state
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest and keeps timings stable on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _batch(channels: int, seed: int = 0, b: int = 2, size: int = 32) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     mask = (torch.rand(b, 1, size, size, generator=g) > 0.5).float()

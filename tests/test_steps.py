@@ -16,15 +16,6 @@ PIX2PIX_KEYS = {"loss/G_gan", "loss/G_l1", "loss/D_real", "loss/D_fake"}
 VAE_KEYS = {"loss/VAE_recon_l1", "loss/VAE_kl", "loss/VAE_total"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest and keeps timings stable on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _batch(channels: int = 1, seed: int = 0, b: int = 2, size: int = 32) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     mask = (torch.rand(b, 1, size, size, generator=g) > 0.5).float()
