@@ -182,7 +182,7 @@ def fit(cfg: Config, overwrite: bool = False, pairs: list[Pair] | None = None) -
         shutil.copytree(d, tmp)
     shutil.rmtree(model_dir, ignore_errors=True)
     os.replace(tmp, model_dir)
-    write_run_report(out, ckpt, val_pairs or train_pairs, time.time() - t0)
+    write_run_report(out, ckpt, val_pairs + train_pairs, time.time() - t0)  # held-out rows first
     return TrainResult(out, model_dir, ckpt.history, time.time() - t0)
 
 
