@@ -125,11 +125,80 @@ class TrainConfig:
 
 
 @dataclass
+class VariationConfig:
+    """How new candidates are made from one source mask (see synthgen/variations.py)."""
+    noise_sigma: float = 0.1
+    """'noise': std of Gaussian noise added to the generator's input mask; the label is unchanged."""
+    elastic_alpha: float = 8.0
+    """'elastic': displacement magnitude in px at 256 px (scaled with the size)."""
+    elastic_sigma: float = 6.0
+    """'elastic': smoothing of the displacement field in px at 256 px (scaled with the size)."""
+    affine_degrees: float = 10.0
+    """'affine': largest rotation, degrees."""
+    affine_scale: float = 0.1
+    """'affine': largest relative zoom change."""
+    affine_shift: float = 0.05
+    """'affine': largest shift as a fraction of the size."""
+    crop_min: float = 0.7
+    """'crop': the random crop keeps at least this fraction of each side, then is resized back."""
+    morph_max_px: int = 3
+    """'morph': dilate or erode the foreground by 1..morph_max_px px (disk), direction random."""
+
+
+@dataclass
+class GenerateConfig:
+    checkpoint: str = ""
+    """Trained model: a `synthgen train` run directory or its `model/` directory."""
+    vae_checkpoint: str = ""
+    """With model 'hybrid': the VAE checkpoint (`checkpoint` is then the pix2pix one)."""
+    masks: str = ""
+    """Source masks: a folder, a .parquet file (column 'mask' of PNG bytes), or '' for the training
+    pairs recorded in the checkpoint (whose real images then serve as SSIM references)."""
+    images: str = ""
+    """Optional folder of real images paired with `masks` by stem, used as SSIM references."""
+    out: str = "runs/generated"
+    """Output dataset directory (written to a temporary sibling, renamed when complete)."""
+    model: str = ""
+    """'pix2pix', 'vae' or 'hybrid' (both; keep the better per candidate); '' = the checkpoint's model."""
+    num_variations: int = 8
+    """Candidates generated per source mask (per tile of a source larger than the model's size)."""
+    variations: str = "noise,elastic,morph"
+    """Comma list of variation kinds, cycled over a mask's candidates: noise, elastic, affine, flip,
+    crop, morph, latent (VAE: same mask, new z)."""
+    threshold: float = 0.8
+    """Accept a candidate when its weighted overall score is at least this."""
+    weights: str = "ssim=0.3,iou=0.3,edges=0.2,diversity=0.2"
+    """Metric weights of the overall score (normalised by their sum)."""
+    batch_size: int = 4
+    """Source masks per batch through every stage (x num_variations candidates)."""
+    actors_min: int = 1
+    """Smallest generator actor pool."""
+    actors_max: int = 2
+    """Largest generator actor pool (autoscaled by Ray Data between min and max)."""
+    cpus_per_actor: float = 0.5
+    """CPUs reserved per generator actor; fractional so small machines keep CPUs for the other stages."""
+    gpu: bool = False
+    """One GPU per generator actor."""
+    precision: str = "fp32"
+    """Generator inference: 'fp32', 'bf16' or 'fp16' (GPU) autocast."""
+    seed: int = 0
+    """Seeds every variation and latent sample: the same seed gives byte-identical outputs."""
+    png: bool = True
+    """Also write images/ and masks/ PNG folders (Parquet shards are always written)."""
+    keep_rejected: bool = False
+    """Write rejected candidates under rejected/ (PNG) for inspection."""
+    shard_rows: int = 512
+    """Rows per Parquet shard."""
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     pix2pix: Pix2PixConfig = field(default_factory=Pix2PixConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    variations: VariationConfig = field(default_factory=VariationConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -209,10 +278,27 @@ class Config:
             (self.vae.latent_dim >= 1 and self.vae.beta >= 0, "vae.latent_dim >= 1 and vae.beta >= 0"),
             (dt.val_pairs >= 0 and dt.repeats >= 1, "data.val_pairs >= 0 and data.repeats >= 1"),
             (dt.min_pairs >= dt.val_pairs + 1, "data.min_pairs must leave at least one training pair"),
-        ]
+        ] + self._generate_checks()
         errors = [msg for ok, msg in checks if not ok]
         if errors:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+
+
+    def _generate_checks(self) -> list[tuple[bool, str]]:
+        g, v = self.generate, self.variations
+        kinds = ("noise", "elastic", "affine", "flip", "crop", "morph", "latent")
+        return [
+            (g.model in ("", "pix2pix", "vae", "hybrid"), "generate.model must be pix2pix, vae or hybrid"),
+            (g.num_variations >= 1, "generate.num_variations must be >= 1"),
+            (bool(_split(g.variations)) and all(k in kinds for k in _split(g.variations)),
+             "generate.variations is a comma list of " + ", ".join(kinds)),
+            (1 <= g.actors_min <= g.actors_max, "need 1 <= generate.actors_min <= generate.actors_max"),
+            (g.batch_size >= 1 and g.shard_rows >= 1, "generate.batch_size and shard_rows must be >= 1"),
+            (g.cpus_per_actor > 0, "generate.cpus_per_actor must be > 0"),
+            (g.precision in ("fp32", "bf16", "fp16"), "generate.precision must be fp32, bf16 or fp16"),
+            (v.noise_sigma >= 0 and v.morph_max_px >= 1 and 0 < v.crop_min <= 1,
+             "variations: noise_sigma >= 0, morph_max_px >= 1, 0 < crop_min <= 1"),
+        ]
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
