@@ -1,7 +1,8 @@
-"""Command line: `synthgen train | demo`.
+"""Command line: `synthgen train | generate | demo`.
 
-    synthgen demo                      # train on the shipped ISBI 2012 sample, write runs/demo
+    synthgen demo                      # train + generate on the shipped ISBI 2012 sample -> runs/demo
     synthgen train --model vae --images imgs/ --masks masks/ --out runs/vae --epochs 50 --workers 2
+    synthgen generate --checkpoint runs/vae --num-variations 16 --out runs/vae_synth --variations latent,elastic
 
 Every flag overrides the matching key of `--config run.yaml`, which overrides the defaults in
 `synthgen/config.py`. `--dry-run` prints the resolved config and exits.
@@ -29,7 +30,16 @@ TRAIN_FLAGS = {
     "--cpus-per-worker": "train.cpus_per_worker", "--gan-mode": "pix2pix.gan_mode", "--ngf": "pix2pix.ngf",
     "--repeats": "data.repeats", "--val-pairs": "data.val_pairs",
 }
-SWITCHES = {"--gpu": "train.gpu", "--invert-mask": "data.invert_mask", "--resume": "train.resume"}
+TRAIN_SWITCHES = {"--gpu": "train.gpu", "--invert-mask": "data.invert_mask", "--resume": "train.resume"}
+GENERATE_FLAGS = {
+    "--checkpoint": "generate.checkpoint", "--vae-checkpoint": "generate.vae_checkpoint",
+    "--masks": "generate.masks", "--images": "generate.images", "--out": "generate.out",
+    "--model": "generate.model", "--num-variations": "generate.num_variations",
+    "--variations": "generate.variations", "--threshold": "generate.threshold", "--weights": "generate.weights",
+    "--batch-size": "generate.batch_size", "--seed": "generate.seed", "--precision": "generate.precision",
+    "--cpus-per-actor": "generate.cpus_per_actor", "--shard-rows": "generate.shard_rows",
+}
+GENERATE_SWITCHES = {"--gpu": "generate.gpu", "--keep-rejected": "generate.keep_rejected"}
 
 
 def sample_data_dir() -> str:
@@ -55,27 +65,45 @@ def _field_doc(dotted: str) -> str:
     return f"{_field_docs(type(obj)).get(key, '')} [default: {getattr(obj, key)!r}]".replace("%", "%%")
 
 
-def _add_run_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML file with any of the sections data, pix2pix, vae, train")
-    for flag, key in TRAIN_FLAGS.items():
+def _add_flags(p: argparse.ArgumentParser, flags: dict[str, str], switches: dict[str, str]) -> None:
+    p.add_argument("--config", help="YAML file with any of the sections of synthgen/config.py")
+    for flag, key in flags.items():
         p.add_argument(flag, dest=key, default=None, metavar=key.split(".")[1].upper(), help=_field_doc(key))
-    for flag, key in SWITCHES.items():
+    for flag, key in switches.items():
         p.add_argument(flag, dest=key, action="store_const", const=True, default=None, help=_field_doc(key))
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output in --out")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+
+
+def _parse_actors(text: str) -> tuple[int, int]:
+    try:
+        lo, _, hi = text.partition(",")
+        return int(lo), int(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--actors takes MIN,MAX (e.g. 1,4), got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synthgen", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_run_flags(sub.add_parser("train", help="train pix2pix or the conditional VAE on Ray Train"))
-    demo = sub.add_parser("demo", help="train on the shipped ISBI 2012 sample (about 5-10 min on 2 CPUs)")
-    _add_run_flags(demo)
+    _add_flags(sub.add_parser("train", help="train pix2pix or the conditional VAE on Ray Train"),
+               TRAIN_FLAGS, TRAIN_SWITCHES)
+    gen = sub.add_parser("generate", help="generate a filtered synthetic dataset on Ray Data")
+    _add_flags(gen, GENERATE_FLAGS, GENERATE_SWITCHES)
+    gen.add_argument("--actors", type=_parse_actors, default=None, metavar="MIN,MAX",
+                     help="generator actor pool size range [default: 1,2]")
+    gen.add_argument("--png", dest="generate.png", action=argparse.BooleanOptionalAction, default=None,
+                     help=_field_doc("generate.png"))
+    demo = sub.add_parser("demo", help="train + generate on the shipped ISBI 2012 sample (~5 min on 2 CPUs)")
+    _add_flags(demo, TRAIN_FLAGS, TRAIN_SWITCHES)
     return parser
 
 
 def _overrides(args: argparse.Namespace) -> dict:
-    return {k: v for k, v in vars(args).items() if "." in k and v is not None}
+    out = {k: v for k, v in vars(args).items() if "." in k and v is not None}
+    if getattr(args, "actors", None):
+        out["generate.actors_min"], out["generate.actors_max"] = args.actors
+    return out
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
@@ -84,8 +112,13 @@ def resolve_config(args: argparse.Namespace) -> Config:
         base = {"data.images": os.path.join(sample, "train", "images"),
                 "data.masks": os.path.join(sample, "train", "masks")}
         config_path = args.config or str(resources.files("synthgen") / "configs" / "demo.yaml")
-        return Config.from_yaml(config_path, {**base, **_overrides(args)})
+        cfg = Config.from_yaml(config_path, {**base, **_overrides(args)})
+        cfg.generate.checkpoint = cfg.train.out
+        cfg.generate.out = os.path.join(cfg.train.out, "synthetic")
+        return cfg
     cfg = Config.from_yaml(args.config, _overrides(args))
+    if args.command == "generate":
+        return cfg
     if not cfg.data.images or not cfg.data.masks:
         raise ConfigError("train needs --images DIR and --masks DIR (or data.images / data.masks in --config)")
     return cfg
@@ -95,23 +128,30 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from synthgen.checkpoint import CheckpointError
     from synthgen.data import DataError
+    from synthgen.writers import OutputError
 
     try:
         cfg = resolve_config(args)
         if args.dry_run:
             print(cfg.to_yaml())
             return 0
-        from synthgen.train import TrainError, fit
+        if args.command in ("train", "demo"):
+            from synthgen.train import TrainError, fit
 
-        try:
-            fit(cfg, overwrite=args.overwrite or args.command == "demo")
-        except TrainError as e:
-            raise ConfigError(str(e)) from None
-    except (ConfigError, DataError, CheckpointError) as e:
+            try:
+                fit(cfg, overwrite=args.overwrite or args.command == "demo")
+            except TrainError as e:
+                raise ConfigError(str(e)) from None
+        if args.command in ("generate", "demo"):
+            from synthgen.generate import generate
+
+            generate(cfg, overwrite=args.overwrite or args.command == "demo")
+    except (ConfigError, DataError, CheckpointError, OutputError) as e:
         print(f"synthgen {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"synthgen {args.command}: interrupted; completed checkpoints are kept", file=sys.stderr)
+        print(f"synthgen {args.command}: interrupted; completed checkpoints are kept, no partial "
+              "dataset is left behind", file=sys.stderr)
         return 130
     return 0
 

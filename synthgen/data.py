@@ -225,6 +225,20 @@ def find_pairs(images_dir: str, masks_dir: str, min_pairs: int = 1) -> list[Pair
     return pairs
 
 
+def find_masks(masks_dir: str, min_masks: int = 1) -> list[tuple[str, str]]:
+    """(stem, path) of every mask in a folder, sorted by stem; one DataError lists all problems."""
+    problems: list[str] = []
+    scanned = _scan(masks_dir, "masks", problems)
+    if scanned is None:
+        raise DataError(problems)
+    found = [(stem, path) for stem, path in sorted(scanned[0].items()) if _check(path, True, problems)]
+    if len(found) < min_masks:
+        problems.append(f"{masks_dir}: found {len(found)} valid masks, need at least {min_masks}")
+    if problems:
+        raise DataError(problems)
+    return found
+
+
 def split_pairs(pairs: list[Pair], val_pairs: int) -> tuple[list[Pair], list[Pair]]:
     """(train, val): the last `val_pairs` pairs by sorted stem are validation."""
     ordered = sorted(pairs, key=lambda p: p.stem)

@@ -78,3 +78,50 @@ def summary_text(summary: dict) -> str:
     lines += [f"{name:<12}{path}" for name, path in summary["outputs"].items()]
     lines.append("=" * 64)
     return "\n".join(lines)
+
+
+def plot_quality_metrics(report: dict, save_path: str) -> str:
+    """Score histograms (accepted vs rejected, threshold on the overall score) and example samples.
+
+    `report`: {"scores": {metric: [floats]}, "accepted": [bools], "threshold": float,
+    "examples": {"accepted": [(image, mask, score)], "rejected": [...]}} (see DatasetWriter.quality_report).
+    """
+    import numpy as np
+
+    scores, accepted = report["scores"], np.asarray(report["accepted"], bool)
+    metrics = [m for m, v in scores.items() if v and not np.all(np.isnan(v))]
+    examples = [(kind, ex) for kind in ("accepted", "rejected") for ex in report.get("examples", {}).get(kind, [])]
+    cols = max(len(metrics), 4)
+    rows = 1 + (2 if examples else 0)
+    fig = plt.figure(figsize=(3.2 * cols, 3.0 * rows))
+    for i, m in enumerate(metrics):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        values = np.asarray(scores[m], float)
+        bins = np.linspace(np.nanmin(values), max(np.nanmax(values), np.nanmin(values) + 1e-6), 21)
+        ax.hist([values[accepted], values[~accepted]], bins=bins, stacked=True,
+                label=[f"accepted ({accepted.sum()})", f"rejected ({(~accepted).sum()})"], color=["tab:green", "tab:red"])
+        if m == "overall_quality":
+            ax.axvline(report["threshold"], color="k", linestyle="--", label=f"threshold {report['threshold']:g}")
+        ax.set_title(m, fontsize=9)
+        ax.legend(fontsize=6)
+    for j, (kind, (image, mask, score)) in enumerate(examples[: 2 * cols]):
+        ax = fig.add_subplot(rows, cols, cols + 1 + j)
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
+        ax.contour(mask > 0, levels=[0.5], colors="yellow", linewidths=0.5)
+        ax.set_title(f"{kind} {score:.2f}", fontsize=8, color="tab:green" if kind == "accepted" else "tab:red")
+        ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, save_path)
+
+
+def generate_summary_text(result, manifest: dict) -> str:
+    """The one-screen end-of-generation summary."""
+    c = manifest["counts"]
+    lines = ["", "=" * 64, f"synthgen generate: {c['generated']} candidates from {c['sources']} source masks "
+             f"in {result.seconds:.0f}s ({result.samples_per_s:.1f} samples/s)", "-" * 64,
+             f"accepted   {c['accepted']:>8}  ({100.0 * c['accepted'] / max(1, c['generated']):.0f}%)",
+             f"rejected   {c['rejected']:>8}"]
+    lines += [f"  {reason:<20}{n:>6}" for reason, n in c["rejected_by_reason"].items()]
+    lines.append("mean scores: " + "  ".join(f"{k} {v:.3f}" for k, v in manifest["score_means"].items() if v == v and v is not None))
+    lines += ["-" * 64, f"dataset    {result.out}", f"quality    {os.path.join(result.out, 'quality.png')}", "=" * 64]
+    return "\n".join(lines)

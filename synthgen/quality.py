@@ -1,8 +1,46 @@
-"""Quality metrics on uint8 numpy images (scikit-image), usable without torch or Ray."""
+"""Quality metrics on uint8 numpy images (scikit-image), usable without torch or Ray.
+
+    from synthgen.quality import assess_quality, parse_weights
+    scores = assess_quality(sample, reference_mask, reference_image, others=siblings,
+                            weights=parse_weights("ssim=0.3,iou=0.3,edges=0.2,diversity=0.2"))
+
+Each synthetic sample gets four scores, combined by a weighted mean into `overall_quality`:
+
+- **ssim** (-1..1): structural similarity between the sample and the real image of its source mask,
+  put through the same geometric transform as the mask. High = realistic texture and contrast. Lower
+  its weight when many variations are 'morph' (the real image is not re-shaped with the mask, so it
+  no longer lines up with the sample); it is left out when no real image is available.
+- **iou** (0..1): overlap of the varied mask with the source mask put through only the label-preserving
+  part of the variation (flip, crop): how far the label drifted from a real annotation. Raise it when
+  labels must stay close to real ones; lower it when you want strongly deformed masks.
+- **edges** (0..1): F1 agreement between the sample's image edges (Canny) and its mask's boundaries,
+  within a few pixels. High = the rendered image respects the label, i.e. the pair is usable for
+  training a segmenter. Raise it when label fidelity matters most; lower it for textures whose
+  boundaries are faint or blurry in real images too.
+- **diversity** (0..1): mean gray-histogram distance to the other variations of the same source
+  mask. High = the variations are not near-copies of each other. Raise it to fight mode collapse;
+  set it to 0 when generating one variation per mask (a single sample scores 0).
+"""
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from scipy import ndimage
+from skimage.color import rgb2gray
+from skimage.feature import canny
 from skimage.metrics import structural_similarity
+from skimage.morphology import disk
+from skimage.segmentation import find_boundaries
+
+METRICS = ("ssim", "iou", "edges", "diversity")
+"""Metric names a weight may refer to (the keys assess_quality returns, besides overall_quality)."""
+
+DEFAULT_WEIGHTS = {"ssim": 0.3, "iou": 0.3, "edges": 0.2, "diversity": 0.2}
+
+# Canny's Gaussian smoothing in px: sigma 1 fires on the pixel noise of generated images, while the
+# object boundaries we compare with survive sigma 2.
+_CANNY_SIGMA = 2.0
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -13,3 +51,173 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
         a, b = a[..., 0], b[..., 0]
     channel_axis = 2 if a.ndim == 3 else None
     return float(structural_similarity(a, b, data_range=255, channel_axis=channel_axis))
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    """HxW float in [0, 1] from a uint8 HxW, HxWx1 or HxWx3 image."""
+    if image.ndim == 3 and image.shape[2] == 3:
+        return rgb2gray(image)  # uint8 in -> float in [0, 1]
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim != 2:
+        raise ValueError(f"expected an HxW or HxWxC (C = 1 or 3) image, got shape {image.shape}")
+    return image.astype(np.float64) / 255.0
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two {0,1} masks; two empty masks agree perfectly (1.0)."""
+    if a.shape != b.shape:
+        raise ValueError(f"mask_iou: shapes differ {a.shape} vs {b.shape}")
+    a, b = a.astype(bool), b.astype(bool)
+    union = np.count_nonzero(a | b)
+    if union == 0:
+        return 1.0
+    return float(np.count_nonzero(a & b) / union)
+
+
+def edge_agreement(image: np.ndarray, mask: np.ndarray, tolerance_px: int = 2) -> float:
+    """F1 of image edges vs mask boundaries, each counted as matched within `tolerance_px` px.
+
+    Precision: fraction of Canny edge pixels near a mask boundary; recall: fraction of mask boundary
+    pixels near an edge. No boundary and no edge -> 1.0; only one of them empty -> 0.0.
+    """
+    if image.shape[:2] != mask.shape:
+        raise ValueError(f"edge_agreement: image {image.shape} and mask {mask.shape} differ in size")
+    if tolerance_px < 0:
+        raise ValueError(f"edge_agreement: tolerance_px must be >= 0, got {tolerance_px}")
+    # Thresholds are fractions of the [0, 1] gray range, i.e. fixed uint8 contrasts whatever the
+    # image; 'nearest' keeps the image border from looking like a step to black.
+    edges = canny(_gray(image), sigma=_CANNY_SIGMA, mode="nearest")
+    # 'inner' marks one pixel per boundary (foreground side), so boundary length is not doubled.
+    boundary = find_boundaries(mask.astype(bool), mode="inner")
+    n_edges, n_boundary = np.count_nonzero(edges), np.count_nonzero(boundary)
+    if n_edges == 0 and n_boundary == 0:
+        return 1.0
+    if n_edges == 0 or n_boundary == 0:
+        return 0.0
+    footprint = disk(tolerance_px).astype(bool)
+    near_boundary = ndimage.binary_dilation(boundary, structure=footprint)
+    near_edges = ndimage.binary_dilation(edges, structure=footprint)
+    precision = float(np.count_nonzero(edges & near_boundary) / n_edges)
+    recall = float(np.count_nonzero(boundary & near_edges) / n_boundary)
+    if precision + recall == 0:
+        return 0.0
+    return float(2 * precision * recall / (precision + recall))
+
+
+def _histogram(image: np.ndarray, bins: int) -> np.ndarray:
+    counts, _ = np.histogram(_gray(image), bins=bins, range=(0.0, 1.0))
+    return counts / max(counts.sum(), 1)
+
+
+def histogram_distance(a: np.ndarray, b: np.ndarray, bins: int = 32) -> float:
+    """1 - intersection of the normalised gray histograms: 0 = same distribution, 1 = disjoint."""
+    if bins < 1:
+        raise ValueError(f"histogram_distance: bins must be >= 1, got {bins}")
+    return _intersection_distance(_histogram(a, bins), _histogram(b, bins))
+
+
+def _intersection_distance(ha: np.ndarray, hb: np.ndarray) -> float:
+    # Clip: float rounding can push 1 - sum(min) a hair outside [0, 1].
+    return float(np.clip(1.0 - np.minimum(ha, hb).sum(), 0.0, 1.0))
+
+
+def diversity_scores(images: list[np.ndarray], bins: int = 32) -> list[float]:
+    """For each image, the mean histogram_distance to the other images; one image -> [0.0]."""
+    if bins < 1:
+        raise ValueError(f"diversity_scores: bins must be >= 1, got {bins}")
+    if len(images) < 2:
+        return [0.0] * len(images)
+    hists = [_histogram(im, bins) for im in images]  # once per image, not once per pair
+    n = len(hists)
+    dist = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i + 1, n):
+            dist[i, j] = dist[j, i] = _intersection_distance(hists[i], hists[j])
+    return [float(dist[i].sum() / (n - 1)) for i in range(n)]
+
+
+def overall_score(scores: dict[str, float], weights: dict[str, float]) -> float:
+    """Weighted mean of the scores named in `weights` (SSIM used as-is, in [-1, 1])."""
+    missing = sorted(k for k in weights if k not in scores)
+    if missing:
+        raise ValueError(f"weights name metrics with no score: {', '.join(missing)} "
+                         f"(scores has: {', '.join(sorted(scores)) or 'none'})")
+    total = sum(weights.values())
+    if total <= 0:
+        raise ValueError(f"weights must sum to more than 0, got {weights}")
+    return float(sum(w * scores[k] for k, w in weights.items()) / total)
+
+
+def rejection_reason(scores: dict[str, float], weights: dict[str, float], threshold: float) -> str | None:
+    """None when the sample passes, else 'low_<metric>' for the metric that costs the most.
+
+    The culprit is the metric with the largest weighted shortfall w * (1 - score).
+    """
+    if overall_score(scores, weights) >= threshold:
+        return None
+    worst = max(weights, key=lambda k: weights[k] * (1.0 - scores[k]))
+    return f"low_{worst}"
+
+
+def assess_quality(sample: np.ndarray, reference_mask: np.ndarray, reference_image: np.ndarray | None = None,
+                   others: list[np.ndarray] | None = None, weights: dict[str, float] | None = None,
+                   source_mask: np.ndarray | None = None) -> dict[str, float]:
+    """Score one generated sample; returns ssim, iou, edges, diversity and overall_quality.
+
+    With a `Variation` v from synthgen.variations, call
+    `assess_quality(sample, v.mask, aligned_image, others, weights, source_mask=v.reference_mask)`
+    (the same numbers synthgen.generate computes):
+    sample: the generated HxWxC uint8 image. reference_mask: the mask the sample was rendered from;
+    its boundaries are compared with the sample's edges, and its IoU with `source_mask` (the label-
+    preserving reference) is the iou score (1.0 when source_mask is None). reference_image: the real
+    image put through the same geometry; None omits ssim and renormalises the weights over the other
+    metrics. others: the other variations of the same source mask (diversity 0.0 when none).
+    """
+    if sample.shape[:2] != reference_mask.shape:
+        raise ValueError(f"assess_quality: sample {sample.shape} and reference_mask "
+                         f"{reference_mask.shape} differ in size")
+    weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
+    scores: dict[str, float] = {}
+    if reference_image is not None:
+        scores["ssim"] = ssim(sample, reference_image)
+    else:
+        weights.pop("ssim", None)
+    scores["iou"] = 1.0 if source_mask is None else mask_iou(reference_mask, source_mask)
+    scores["edges"] = edge_agreement(sample, reference_mask)
+    others = others or []
+    scores["diversity"] = (float(np.mean([histogram_distance(sample, o) for o in others]))
+                           if others else 0.0)
+    scores["overall_quality"] = overall_score(scores, weights)
+    return scores
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """'ssim=0.3,iou=0.3,edges=0.2,diversity=0.2' -> dict. Metrics left out get no weight."""
+    weights: dict[str, float] = {}
+    items = [item.strip() for item in text.split(",")]
+    if not text.strip():
+        raise ValueError(f"quality weights are empty; expected e.g. '{_format(DEFAULT_WEIGHTS)}'")
+    for item in items:
+        name, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not name or not value:
+            raise ValueError(f"quality weights: '{item}' is not name=value "
+                             f"(expected e.g. '{_format(DEFAULT_WEIGHTS)}')")
+        if name not in METRICS:
+            raise ValueError(f"quality weights: unknown metric '{name}' (known: {', '.join(METRICS)})")
+        if name in weights:
+            raise ValueError(f"quality weights: '{name}' is given twice")
+        try:
+            w = float(value)
+        except ValueError:
+            raise ValueError(f"quality weights: '{name}={value}' is not a number") from None
+        if not math.isfinite(w) or w < 0:
+            raise ValueError(f"quality weights: '{name}={value}' must be a finite number >= 0")
+        weights[name] = w
+    if sum(weights.values()) == 0:
+        raise ValueError(f"quality weights are all 0 ('{text}'); give at least one metric a weight > 0")
+    return weights
+
+
+def _format(weights: dict[str, float]) -> str:
+    return ",".join(f"{k}={v:g}" for k, v in weights.items())

@@ -1,0 +1,318 @@
+"""Generation at scale on Ray Data: masks -> variations -> generator actors -> scorer -> filter -> writers.
+
+    synthgen generate --checkpoint runs/demo --num-variations 8 --out runs/demo_synth
+
+Each stage is a `map_batches` over *groups*: one row per source mask holding all of its candidates,
+so the scorer can measure diversity among one mask's variations without a shuffle. The scorer
+explodes groups into one row per candidate; the driver streams them into `writers.DatasetWriter`.
+Rows keep their order (`preserve_order`) and every random draw is seeded from (seed, source,
+variation), so the same seed gives byte-identical data files. Only this module (and train.py) imports Ray.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import ray
+import torch
+
+from synthgen import plots
+from synthgen.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
+from synthgen.config import Config, ConfigError, GenerateConfig, VariationConfig
+from synthgen.data import DataError, find_masks, find_pairs, image_channels, load_image, load_mask
+from synthgen.quality import (diversity_scores, edge_agreement, mask_iou, overall_score, parse_weights,
+                              rejection_reason, ssim)
+from synthgen.variations import KINDS, add_input_noise, make_variation, variation_plan
+from synthgen.writers import DatasetWriter, decode_png, encode_png
+
+
+@dataclass
+class Source:
+    id: str
+    mask: np.ndarray                # SxS uint8 {0,1}
+    image: np.ndarray | None        # SxSxC uint8, the real image when known (SSIM reference)
+
+
+def resolve_checkpoint(path: str) -> str:
+    """Accept a `synthgen train` run directory (uses its model/) or a checkpoint directory."""
+    if not path:
+        raise ConfigError("generate needs --checkpoint DIR (a `synthgen train` run or its model/ directory)")
+    model_dir = os.path.join(path, "model")
+    return model_dir if os.path.isfile(os.path.join(model_dir, "state.json")) else path
+
+
+def tiles(source_id: str, mask: np.ndarray, image: np.ndarray | None, size: int, origin: str) -> list[Source]:
+    """Cut a mask (and its image) into size x size tiles covering it; the last row/column of tiles is
+    aligned to the far edge, so nothing is dropped. A source smaller than `size` is an error."""
+    h, w = mask.shape
+    if h < size or w < size:
+        raise DataError(f"{origin}: mask is {w}x{h} px, smaller than the checkpoint's {size}x{size} training "
+                        "size (checkpoint/mask size mismatch)")
+    ys = sorted(set(list(range(0, h - size + 1, size)) + [h - size]))
+    xs = sorted(set(list(range(0, w - size + 1, size)) + [w - size]))
+    out = []
+    for y in ys:
+        for x in xs:
+            tid = source_id if len(ys) * len(xs) == 1 else f"{source_id}_y{y}x{x}"
+            crop = None if image is None else image[y:y + size, x:x + size]
+            out.append(Source(tid, mask[y:y + size, x:x + size], crop))
+    return out
+
+
+def load_sources(g: GenerateConfig, model_cfg: Config, channels: int) -> list[Source]:
+    """Source masks (and real images where known) from a folder, a Parquet file or the training pairs."""
+    size, invert = model_cfg.data.image_size, model_cfg.data.invert_mask
+    items: list[tuple[str, np.ndarray, np.ndarray | None, str]] = []
+    if g.masks.endswith(".parquet"):
+        import pyarrow.parquet as pq
+        try:
+            table = pq.read_table(g.masks)
+        except (OSError, ValueError) as e:
+            raise DataError(f"{g.masks}: not a readable Parquet file ({e})") from None
+        if "mask" not in table.column_names:
+            raise DataError(f"{g.masks}: no 'mask' column (PNG bytes) among {table.column_names}")
+        ids = table.column("id").to_pylist() if "id" in table.column_names else [f"row{i:06d}" for i in range(len(table))]
+        for sid, data in zip(ids, table.column("mask").to_pylist()):
+            try:
+                gray = decode_png(data)
+            except Exception as e:  # noqa: BLE001 - report which row is broken
+                raise DataError(f"{g.masks}: row '{sid}' mask is not a PNG ({e})") from None
+            values = np.unique(gray)
+            if len(values) > 2 or gray.ndim != 2:
+                raise DataError(f"{g.masks}: row '{sid}' mask is not binary ({len(values)} values)")
+            fg = gray == values[-1] if len(values) == 2 else np.full(gray.shape, values[0] > 0)
+            items.append((str(sid), (fg != invert).astype(np.uint8), None, f"{g.masks}[{sid}]"))
+    elif g.masks and not g.images:
+        for stem, path in find_masks(g.masks):
+            items.append((stem, load_mask(path, invert), None, path))
+    else:
+        images = g.images or model_cfg.data.images
+        masks = g.masks or model_cfg.data.masks
+        pairs = find_pairs(images, masks)
+        if image_channels(pairs) != channels and not (channels == 3 and image_channels(pairs) == 1):
+            raise DataError(f"{images}: images have {image_channels(pairs)} channel(s) but the checkpoint "
+                            f"generates {channels} (checkpoint/image channel mismatch)")
+        for p in pairs:
+            items.append((p.stem, load_mask(p.mask, invert), load_image(p.image, channels), p.mask))
+    if not items:
+        raise DataError(f"{g.masks or 'training pairs'}: no source masks")
+    return [t for sid, mask, image, origin in items for t in tiles(sid, mask, image, size, origin)]
+
+
+# ---------------------------------------------------------------- stage 1: variations (CPU tasks)
+def make_variation_groups(batch: dict, num_variations: int, kinds: list[str], seed: int,
+                          vcfg: VariationConfig) -> dict:
+    """One group per source: N varied masks, their references, generator input noise and seeds."""
+    out: dict[str, list] = {k: [] for k in ("source_id", "has_image", "source_mask", "var_mask", "ref_mask",
+                                            "ref_image", "noise_sigma", "seed", "kind", "params")}
+    for i in range(len(batch["source_id"])):
+        mask, image, has_image = batch["mask"][i], batch["image"][i], bool(batch["has_image"][i])
+        plan = variation_plan(num_variations, kinds, seed, int(batch["source_index"][i]))
+        group = [make_variation(mask, kind, s, vcfg, image if has_image else None) for kind, s in plan]
+        out["source_id"].append(batch["source_id"][i])
+        out["has_image"].append(has_image)
+        out["source_mask"].append(mask)
+        out["var_mask"].append(np.stack([v.mask for v, _ in group]))
+        out["ref_mask"].append(np.stack([v.reference_mask for v, _ in group]))
+        out["ref_image"].append(np.stack([img if img is not None else image for _, img in group]))
+        out["noise_sigma"].append(np.array([v.noise_sigma for v, _ in group], np.float32))
+        out["seed"].append(np.array([v.seed for v, _ in group], np.int64))
+        out["kind"].append(np.array([KINDS.index(v.kind) for v, _ in group], np.int8))
+        out["params"].append(json.dumps([v.params for v, _ in group], sort_keys=True))
+    return {k: np.stack(v) if isinstance(v[0], np.ndarray) else np.array(v) for k, v in out.items()}
+
+
+# ---------------------------------------------------------------- stage 2: generator actors
+class GeneratorActor:
+    """Loads the checkpoint(s) once per actor and renders every candidate of a batch of groups."""
+
+    def __init__(self, checkpoints: dict[str, str], gpu: bool, precision: str):
+        self.device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
+        self.models = {name: load_checkpoint(path, self.device).nets for name, path in checkpoints.items()}
+        self.precision = precision
+
+    def _render(self, name: str, inputs: torch.Tensor, seeds: np.ndarray) -> np.ndarray:
+        nets = self.models[name]
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            if "vae" in nets:
+                vae = nets["vae"].eval()
+                # one generator per candidate: its z depends on its own seed only, not on batching
+                z = torch.stack([torch.randn(vae.config["latent_dim"], generator=torch.Generator().manual_seed(int(s)))
+                                 for s in seeds]).to(self.device)
+                out = vae.decode(z, inputs)
+            else:
+                out = nets["generator"].eval()(inputs)
+        img = ((out.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return img.permute(0, 2, 3, 1).cpu().numpy()
+
+    def __call__(self, batch: dict) -> dict:
+        b, n, s, _ = batch["var_mask"].shape
+        masks = batch["var_mask"].reshape(b * n, s, s)
+        sigmas, seeds = batch["noise_sigma"].reshape(-1), batch["seed"].reshape(-1)
+        inputs = np.stack([add_input_noise(m, float(sg), int(sd)) if sg > 0 else m.astype(np.float32)
+                           for m, sg, sd in zip(masks, sigmas, seeds)])
+        inputs_t = torch.from_numpy(inputs).unsqueeze(1).to(self.device)
+        for name in self.models:
+            batch[f"generated_{name}"] = self._render(name, inputs_t, seeds).reshape(b, n, s, s, -1)
+        return batch
+
+
+# ---------------------------------------------------------------- stage 3: scorer (CPU tasks)
+def score_groups(batch: dict, weights: dict[str, float], threshold: float, models: list[str]) -> dict:
+    """Score every candidate (diversity within its group), keep the better model's image in hybrid
+    mode, and explode groups into candidate rows with accepted / reject_reason."""
+    rows: dict[str, list] = {k: [] for k in ("id", "source_id", "image", "mask", "height", "width", "model",
+                                             "variation", "params", "seed", "ssim", "iou", "edges", "diversity",
+                                             "overall_quality", "accepted", "reject_reason")}
+    for g in range(len(batch["source_id"])):
+        has_image = bool(batch["has_image"][g])
+        w = weights if has_image else {k: v for k, v in weights.items() if k != "ssim"}
+        params = json.loads(batch["params"][g])
+        best: list[tuple[float, str, dict, np.ndarray]] = []
+        for name in models:
+            images = list(batch[f"generated_{name}"][g])
+            div = diversity_scores(images)
+            for v, img in enumerate(images):
+                sc = {"iou": mask_iou(batch["var_mask"][g][v], batch["ref_mask"][g][v]),
+                      "edges": edge_agreement(img, batch["var_mask"][g][v]), "diversity": div[v]}
+                if has_image:
+                    sc["ssim"] = ssim(img, batch["ref_image"][g][v])
+                sc["overall_quality"] = overall_score(sc, w)
+                if len(best) <= v:
+                    best.append((sc["overall_quality"], name, sc, img))
+                elif sc["overall_quality"] > best[v][0]:
+                    best[v] = (sc["overall_quality"], name, sc, img)
+        for v, (overall, name, sc, img) in enumerate(best):
+            mask = batch["var_mask"][g][v]
+            empty = not mask.any()
+            reason = "empty_mask" if empty else rejection_reason(sc, w, threshold)
+            sid = str(batch["source_id"][g])
+            rows["id"].append(f"{sid}_v{v:03d}")
+            rows["source_id"].append(sid)
+            rows["image"].append(encode_png(img))
+            rows["mask"].append(encode_png(mask * 255))
+            rows["height"].append(mask.shape[0])
+            rows["width"].append(mask.shape[1])
+            rows["model"].append(name)
+            rows["variation"].append(KINDS[int(batch["kind"][g][v])])
+            rows["params"].append(json.dumps(params[v], sort_keys=True))
+            rows["seed"].append(int(batch["seed"][g][v]))
+            for m in ("ssim", "iou", "edges", "diversity"):
+                rows[m].append(float(sc.get(m, float("nan"))))
+            rows["overall_quality"].append(float(overall))
+            rows["accepted"].append(reason is None)
+            rows["reject_reason"].append(reason or "")
+    return {k: np.array(v, dtype=object if k in ("image", "mask") else None) for k, v in rows.items()}
+
+
+# ---------------------------------------------------------------- driver
+def checkpoint_hash(paths: dict[str, str]) -> str:
+    """sha256 over the weights files of the checkpoints used."""
+    h = hashlib.sha256()
+    for name in sorted(paths):
+        for f in sorted(os.listdir(paths[name])):
+            if f.endswith(".safetensors"):
+                with open(os.path.join(paths[name], f), "rb") as fh:
+                    h.update(fh.read())
+    return h.hexdigest()
+
+
+def _checkpoints(g: GenerateConfig) -> tuple[dict[str, str], LoadedCheckpoint]:
+    main_dir = resolve_checkpoint(g.checkpoint)
+    main = load_checkpoint(main_dir)
+    model = g.model or main.model
+    if model in ("pix2pix", "vae"):
+        if model != main.model:
+            raise CheckpointError(f"{main_dir}: holds a {main.model} model, not {model}")
+        return {model: main_dir}, main
+    if main.model != "pix2pix" or not g.vae_checkpoint:
+        raise ConfigError("--model hybrid needs --checkpoint <pix2pix run> and --vae-checkpoint <vae run>")
+    vae_dir = resolve_checkpoint(g.vae_checkpoint)
+    vae = load_checkpoint(vae_dir)
+    if vae.model != "vae":
+        raise CheckpointError(f"{vae_dir}: --vae-checkpoint holds a {vae.model} model")
+    if (vae.cfg.data.image_size, vae.channels) != (main.cfg.data.image_size, main.channels):
+        raise CheckpointError(f"{vae_dir}: VAE is {vae.cfg.data.image_size}px/{vae.channels}ch but the pix2pix "
+                              f"checkpoint is {main.cfg.data.image_size}px/{main.channels}ch")
+    return {"pix2pix": main_dir, "vae": vae_dir}, main
+
+
+def build_pipeline(sources: list[Source], cfg: Config, checkpoints: dict[str, str], channels: int) -> "ray.data.Dataset":
+    g = cfg.generate
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # byte-identical outputs for a seed
+    size = sources[0].mask.shape[0]
+    blank = np.zeros((size, size, channels), np.uint8)
+    items = [{"source_index": i, "source_id": s.id, "mask": s.mask, "has_image": s.image is not None,
+              "image": s.image if s.image is not None else blank} for i, s in enumerate(sources)]
+    n_blocks = max(1, -(-len(items) // g.batch_size))
+    ds = ray.data.from_items(items, override_num_blocks=n_blocks)
+    ds = ds.map_batches(make_variation_groups, batch_size=g.batch_size, num_cpus=0.25,
+                        fn_kwargs={"num_variations": g.num_variations, "kinds": [k.strip() for k in g.variations.split(",")],
+                                   "seed": g.seed, "vcfg": cfg.variations})
+    actor_resources = {"num_gpus": 1} if g.gpu else {"num_cpus": g.cpus_per_actor}
+    ds = ds.map_batches(GeneratorActor, batch_size=g.batch_size,
+                        compute=ray.data.ActorPoolStrategy(min_size=g.actors_min, max_size=g.actors_max),
+                        fn_constructor_kwargs={"checkpoints": checkpoints, "gpu": g.gpu, "precision": g.precision},
+                        **actor_resources)
+    return ds.map_batches(score_groups, batch_size=g.batch_size, num_cpus=0.25,
+                          fn_kwargs={"weights": parse_weights(g.weights), "threshold": g.threshold,
+                                     "models": list(checkpoints)})
+
+
+@dataclass
+class GenerateResult:
+    out: str
+    generated: int
+    accepted: int
+    rejected_by_reason: dict[str, int]
+    seconds: float
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.generated / self.seconds if self.seconds else 0.0
+
+
+def generate(cfg: Config, overwrite: bool = False) -> GenerateResult:
+    """Run the whole pipeline; the dataset appears at cfg.generate.out only when complete."""
+    t0 = time.time()
+    g = cfg.generate
+    try:
+        parse_weights(g.weights)
+    except ValueError as e:
+        raise ConfigError(f"generate.weights: {e}") from None
+    checkpoints, main = _checkpoints(g)
+    if g.gpu and not torch.cuda.is_available():
+        raise ConfigError("--gpu given but CUDA is not available on this machine")
+    sources = load_sources(g, main.cfg, main.channels)
+    print(f"synthgen generate: {len(sources)} source masks x {g.num_variations} variations "
+          f"({g.variations}) with {'+'.join(checkpoints)} -> {os.path.abspath(g.out)}", flush=True)
+    writer = DatasetWriter(g.out, overwrite, g.png, g.keep_rejected, g.shard_rows)
+    with writer:
+        if not ray.is_initialized():
+            ray.init(include_dashboard=False, configure_logging=False)
+        ds = build_pipeline(sources, cfg, checkpoints, main.channels)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            writer.add(batch)
+        seconds = time.time() - t0
+        plots.plot_quality_metrics(writer.quality_report(g.threshold), os.path.join(writer.tmp, "quality.png"))
+        manifest = {
+            "config": {"generate": asdict(g), "variations": asdict(cfg.variations)},
+            "checkpoints": {k: os.path.abspath(v) for k, v in checkpoints.items()},
+            "checkpoint_sha256": checkpoint_hash(checkpoints),
+            "counts": {"sources": len(sources), "generated": writer.generated, "accepted": writer.accepted,
+                       "rejected": writer.generated - writer.accepted,
+                       "rejected_by_reason": dict(sorted(writer.rejected_by_reason.items()))},
+            "score_means": {m: float(np.nanmean(v)) if v else None for m, v in writer.scores.items()},
+            "parquet_shards": writer.shards,
+            "run": {"seconds": round(seconds, 2), "samples_per_s": round(writer.generated / seconds, 2)},
+        }
+        out = writer.finish(manifest)
+    result = GenerateResult(out, writer.generated, writer.accepted, writer.rejected_by_reason, seconds)
+    print(plots.generate_summary_text(result, manifest), flush=True)
+    return result
