@@ -119,6 +119,40 @@ class SyntheticDataGenerator:
         gen = torch.Generator(device=self.device).manual_seed(seed)
         return render(state.nets, masks, num_samples, generator=gen).cpu()
 
+    def generate_synthetic_data(self, input_masks: str, num_variations: int = 8, output_dir: str = "runs/generated",
+                                model_path: str | None = None, overwrite: bool = False, **generate) -> dict:
+        """Run the Ray Data generation pipeline (see synthgen.generate) and return its manifest.
+
+        `input_masks`: a folder of masks, a .parquet file, or '' for the checkpoint's training pairs.
+        `model_path`: a checkpoint / `synthgen train` run; None saves this generator's current
+        weights into `output_dir + '.model'` and uses them. Extra keyword arguments set
+        `generate` config keys (threshold=0.5, variations="elastic,morph", ...).
+        """
+        import json
+        import os
+
+        from synthgen.generate import generate as run_generation
+
+        if model_path is None:
+            model_path = self.save(os.path.abspath(output_dir) + ".model")
+        cfg = Config.from_dict({"generate": {"checkpoint": model_path, "masks": input_masks,
+                                             "num_variations": num_variations, "out": output_dir, **generate}})
+        result = run_generation(cfg, overwrite=overwrite)
+        with open(os.path.join(result.out, "manifest.json")) as f:
+            return json.load(f)
+
+    def assess_batch_quality(self, images, masks, reference_images=None, reference_masks=None,
+                             weights: dict[str, float] | None = None) -> list[dict[str, float]]:
+        """Score generated images (uint8 HxW[xC] arrays) against their masks, like the pipeline does:
+        diversity is measured among the whole batch (pass one mask's variations together)."""
+        from synthgen.quality import DEFAULT_WEIGHTS, assess_quality
+
+        images = [np.asarray(i) for i in images]
+        refs = reference_images if reference_images is not None else [None] * len(images)
+        ref_masks = reference_masks if reference_masks is not None else [None] * len(images)
+        return [assess_quality(img, np.asarray(m), ref, images[:k] + images[k + 1:], weights or DEFAULT_WEIGHTS, rm)
+                for k, (img, m, ref, rm) in enumerate(zip(images, masks, refs, ref_masks))]
+
     def save(self, directory: str) -> str:
         return save_checkpoint(directory, self._require_trained())
 

@@ -127,22 +127,27 @@ class TrainConfig:
 @dataclass
 class VariationConfig:
     """How new candidates are made from one source mask (see synthgen/variations.py)."""
+
     noise_sigma: float = 0.1
-    """'noise': std of Gaussian noise added to the generator's input mask; the label is unchanged."""
+    """Std of the Gaussian noise added to the generator's input mask (values 0/1) for 'noise'; the
+    label is unchanged. Must be > 0."""
     elastic_alpha: float = 8.0
-    """'elastic': displacement magnitude in px at 256 px (scaled with the size)."""
+    """Largest elastic displacement in px for a 256 px image (scaled by min(H, W) / 256)."""
     elastic_sigma: float = 6.0
-    """'elastic': smoothing of the displacement field in px at 256 px (scaled with the size)."""
+    """Gaussian smoothing of the elastic displacement field in px for a 256 px image (scaled like
+    elastic_alpha): larger = smoother, more global deformation; smaller = wiggly boundaries."""
     affine_degrees: float = 10.0
-    """'affine': largest rotation, degrees."""
+    """Largest |rotation| in degrees for 'affine'."""
     affine_scale: float = 0.1
-    """'affine': largest relative zoom change."""
+    """Largest relative zoom change for 'affine': the zoom is drawn from [1 - s, 1 + s]."""
     affine_shift: float = 0.05
-    """'affine': largest shift as a fraction of the size."""
+    """Largest shift for 'affine', as a fraction of the image height (rows) and width (columns)."""
     crop_min: float = 0.7
-    """'crop': the random crop keeps at least this fraction of each side, then is resized back."""
+    """'crop' keeps a fraction in [crop_min, 1] of each side (the same fraction for both, so the
+    aspect ratio is kept), then resizes back (mask nearest, image bilinear). In (0, 1]."""
     morph_max_px: int = 3
-    """'morph': dilate or erode the foreground by 1..morph_max_px px (disk), direction random."""
+    """'morph' dilates or erodes (sign drawn at random) the foreground by a disk of radius
+    1..morph_max_px px. >= 1."""
 
 
 @dataclass
@@ -296,8 +301,12 @@ class Config:
             (g.batch_size >= 1 and g.shard_rows >= 1, "generate.batch_size and shard_rows must be >= 1"),
             (g.cpus_per_actor > 0, "generate.cpus_per_actor must be > 0"),
             (g.precision in ("fp32", "bf16", "fp16"), "generate.precision must be fp32, bf16 or fp16"),
-            (v.noise_sigma >= 0 and v.morph_max_px >= 1 and 0 < v.crop_min <= 1,
-             "variations: noise_sigma >= 0, morph_max_px >= 1, 0 < crop_min <= 1"),
+            (v.noise_sigma > 0, "variations.noise_sigma must be > 0"),
+            (v.elastic_alpha >= 0 and v.elastic_sigma > 0, "variations: elastic_alpha >= 0 and elastic_sigma > 0"),
+            (v.affine_degrees >= 0 and 0 <= v.affine_scale < 1 and v.affine_shift >= 0,
+             "variations: affine_degrees >= 0, 0 <= affine_scale < 1, affine_shift >= 0"),
+            (0 < v.crop_min <= 1, "variations.crop_min must be in (0, 1]"),
+            (v.morph_max_px >= 1, "variations.morph_max_px must be >= 1"),
         ]
 
 

@@ -33,6 +33,7 @@ Rules:
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -363,3 +364,40 @@ class PairDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, i])
         image, mask = joint_augment(self._images[k], self._masks[k], self.image_size, rng, self.augment)
         return {"image": image_to_tensor(image), "mask": mask_to_tensor(mask), "index": k}
+
+
+class SyntheticDataset(torch.utils.data.Dataset):
+    """A dataset written by `synthgen generate`, read back as (image, mask) tensors.
+
+    `path` is the dataset directory (its data/*.parquet shards are read in order) or one .parquet
+    file. Items are {"image": CxHxW float32 in [-1, 1], "mask": 1xHxW float32 {0, 1}, "id": str},
+    the same layout as PairDataset, so real and synthetic sets concatenate directly.
+    """
+
+    def __init__(self, path: str) -> None:
+        import pyarrow.parquet as pq
+
+        files = [path] if path.endswith(".parquet") else sorted(
+            os.path.join(path, "data", f) for f in os.listdir(os.path.join(path, "data")) if f.endswith(".parquet"))
+        if not files:
+            raise DataError(f"{path}: no Parquet shards (not a synthgen generated dataset?)")
+        tables = [pq.read_table(f, columns=["id", "image", "mask"]) for f in files]
+        self.ids = [i for t in tables for i in t.column("id").to_pylist()]
+        self._images = [b for t in tables for b in t.column("image").to_pylist()]
+        self._masks = [b for t in tables for b in t.column("mask").to_pylist()]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        image = np.asarray(Image.open(io.BytesIO(self._images[i])))
+        mask = np.asarray(Image.open(io.BytesIO(self._masks[i])))
+        image = image[:, :, None] if image.ndim == 2 else image
+        return {"image": image_to_tensor(image), "mask": mask_to_tensor((mask > 0).astype(np.uint8)), "id": self.ids[i]}
+
+
+def load_synthetic_dataset(path: str) -> SyntheticDataset:
+    """`synthgen generate` output -> torch Dataset of (image, mask); see SyntheticDataset."""
+    if not os.path.exists(path):
+        raise DataError(f"{path}: does not exist")
+    return SyntheticDataset(path)

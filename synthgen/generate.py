@@ -24,8 +24,7 @@ from synthgen import plots
 from synthgen.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from synthgen.config import Config, ConfigError, GenerateConfig, VariationConfig
 from synthgen.data import DataError, find_masks, find_pairs, image_channels, load_image, load_mask
-from synthgen.quality import (diversity_scores, edge_agreement, mask_iou, overall_score, parse_weights,
-                              rejection_reason, ssim)
+from synthgen.quality import assess_quality, parse_weights, rejection_reason
 from synthgen.variations import KINDS, add_input_noise, make_variation, variation_plan
 from synthgen.writers import DatasetWriter, decode_png, encode_png
 
@@ -176,13 +175,9 @@ def score_groups(batch: dict, weights: dict[str, float], threshold: float, model
         best: list[tuple[float, str, dict, np.ndarray]] = []
         for name in models:
             images = list(batch[f"generated_{name}"][g])
-            div = diversity_scores(images)
             for v, img in enumerate(images):
-                sc = {"iou": mask_iou(batch["var_mask"][g][v], batch["ref_mask"][g][v]),
-                      "edges": edge_agreement(img, batch["var_mask"][g][v]), "diversity": div[v]}
-                if has_image:
-                    sc["ssim"] = ssim(img, batch["ref_image"][g][v])
-                sc["overall_quality"] = overall_score(sc, w)
+                sc = assess_quality(img, batch["var_mask"][g][v], batch["ref_image"][g][v] if has_image else None,
+                                    images[:v] + images[v + 1:], w, source_mask=batch["ref_mask"][g][v])
                 if len(best) <= v:
                     best.append((sc["overall_quality"], name, sc, img))
                 elif sc["overall_quality"] > best[v][0]:
@@ -309,7 +304,6 @@ def generate(cfg: Config, overwrite: bool = False) -> GenerateResult:
                        "rejected": writer.generated - writer.accepted,
                        "rejected_by_reason": dict(sorted(writer.rejected_by_reason.items()))},
             "score_means": {m: float(np.nanmean(v)) if v else None for m, v in writer.scores.items()},
-            "parquet_shards": writer.shards,
             "run": {"seconds": round(seconds, 2), "samples_per_s": round(writer.generated / seconds, 2)},
         }
         out = writer.finish(manifest)

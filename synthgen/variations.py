@@ -28,48 +28,12 @@ from scipy import ndimage
 from skimage.morphology import dilation, disk, erosion
 from skimage.transform import AffineTransform, resize, warp
 
+from synthgen.config import VariationConfig
+
 KINDS = ("noise", "elastic", "affine", "flip", "crop", "morph", "latent")
 
 # Elastic and size-dependent defaults are tuned for 256 px images and scaled linearly with size.
 _REFERENCE_SIZE = 256.0
-
-
-@dataclass
-class VariationConfig:
-    noise_sigma: float = 0.1
-    """Std of the Gaussian noise added to the generator's input mask (values 0/1) for 'noise'; the
-    label is unchanged. Must be > 0."""
-    elastic_alpha: float = 8.0
-    """Largest elastic displacement in px for a 256 px image (scaled by min(H, W) / 256)."""
-    elastic_sigma: float = 6.0
-    """Gaussian smoothing of the elastic displacement field in px for a 256 px image (scaled like
-    elastic_alpha): larger = smoother, more global deformation; smaller = wiggly boundaries."""
-    affine_degrees: float = 10.0
-    """Largest |rotation| in degrees for 'affine'."""
-    affine_scale: float = 0.1
-    """Largest relative zoom change for 'affine': the zoom is drawn from [1 - s, 1 + s]."""
-    affine_shift: float = 0.05
-    """Largest shift for 'affine', as a fraction of the image height (rows) and width (columns)."""
-    crop_min: float = 0.7
-    """'crop' keeps a fraction in [crop_min, 1] of each side (the same fraction for both, so the
-    aspect ratio is kept), then resizes back (mask nearest, image bilinear). In (0, 1]."""
-    morph_max_px: int = 3
-    """'morph' dilates or erodes (sign drawn at random) the foreground by a disk of radius
-    1..morph_max_px px. >= 1."""
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.noise_sigma > 0, "noise_sigma must be > 0"),
-            (self.elastic_alpha >= 0 and self.elastic_sigma > 0, "elastic_alpha >= 0 and elastic_sigma > 0"),
-            (self.affine_degrees >= 0, "affine_degrees must be >= 0"),
-            (0 <= self.affine_scale < 1, "affine_scale must be in [0, 1)"),
-            (self.affine_shift >= 0, "affine_shift must be >= 0"),
-            (0 < self.crop_min <= 1, "crop_min must be in (0, 1]"),
-            (self.morph_max_px >= 1, "morph_max_px must be >= 1"),
-        ]
-        errors = [msg for ok, msg in checks if not ok]
-        if errors:
-            raise ValueError("invalid VariationConfig: " + "; ".join(errors))
 
 
 @dataclass

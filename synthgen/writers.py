@@ -106,8 +106,9 @@ class DatasetWriter:
                 if self.keep_rejected:
                     self._write_png_pair("rejected", row)
 
-    def _flush(self) -> None:
-        if not self.pending:
+    def _flush(self, final: bool = False) -> None:
+        # An empty dataset still gets one (empty) shard so that every reader sees the schema.
+        if not self.pending and not (final and not self.shards):
             return
         name = f"part-{len(self.shards):05d}.parquet"
         table = pa.Table.from_pylist(self.pending, schema=SCHEMA)
@@ -126,7 +127,8 @@ class DatasetWriter:
 
     def finish(self, manifest: dict, extra_files: dict[str, str] | None = None) -> str:
         """Flush, write manifest.json (+ files already written into `self.tmp`), rename into place."""
-        self._flush()
+        self._flush(final=True)
+        manifest = {**manifest, "parquet_shards": self.shards}
         with open(os.path.join(self.tmp, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=2, sort_keys=True)
         aside = None

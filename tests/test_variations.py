@@ -1,6 +1,8 @@
 """Mask variations: binary outputs, determinism by seed, and image/mask alignment."""
 from __future__ import annotations
 
+from synthgen.config import Config, ConfigError
+
 import json
 
 import numpy as np
@@ -162,5 +164,5 @@ def test_bad_inputs_raise():
         make_variation(mask * 255, "flip", 0)
     with pytest.raises(ValueError, match="does not match"):
         make_variation(mask, "flip", 0, image=gradient_image(32, 32))
-    with pytest.raises(ValueError, match="crop_min"):
-        VariationConfig(crop_min=0.0)
+    with pytest.raises(ConfigError, match="crop_min"):
+        Config.from_yaml(None, {"variations.crop_min": 0.0})
