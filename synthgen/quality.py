@@ -33,10 +33,11 @@ from skimage.metrics import structural_similarity
 from skimage.morphology import disk
 from skimage.segmentation import find_boundaries
 
+from synthgen.config import GenerateConfig
+
 METRICS = ("ssim", "iou", "edges", "diversity")
 """Metric names a weight may refer to (the keys assess_quality returns, besides overall_quality)."""
 
-DEFAULT_WEIGHTS = {"ssim": 0.3, "iou": 0.3, "edges": 0.2, "diversity": 0.2}
 
 # Canny's Gaussian smoothing in px: sigma 1 fires on the pixel noise of generated images, while the
 # object boundaries we compare with survive sigma 2.
@@ -221,3 +222,7 @@ def parse_weights(text: str) -> dict[str, float]:
 
 def _format(weights: dict[str, float]) -> str:
     return ",".join(f"{k}={v:g}" for k, v in weights.items())
+
+
+# One source of truth: the default lives in synthgen.config.GenerateConfig.weights.
+DEFAULT_WEIGHTS = parse_weights(GenerateConfig().weights)
