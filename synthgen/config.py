@@ -197,6 +197,48 @@ class GenerateConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    real_images: str = ""
+    """Folder of real training images; condition k uses the first k pairs by stem."""
+    real_masks: str = ""
+    test_images: str = ""
+    """Held-out real images the segmenters are scored on (never used for training or generation)."""
+    test_masks: str = ""
+    invert_mask: bool = False
+    """As data.invert_mask: flips which mask value is the foreground scored by Dice/IoU."""
+    out: str = "runs/evaluate"
+    k: str = "3,5,10"
+    """Comma list of real-pair counts."""
+    seeds: int = 3
+    """Segmenter seeds per (condition, k)."""
+    conditions: str = "real,classic,pix2pix,vae,hybrid"
+    """Which of real (random crops only), classic (crops, flips, rot90, elastic, intensity), pix2pix,
+    vae, hybrid (real with classic augmentation + that generator's filtered synthetic pairs) to run."""
+    all_real: bool = True
+    """Also train on all real pairs: the upper reference."""
+    image_size: int = 128
+    """Crop size for segmenters and generators (multiple of 16)."""
+    seg_steps: int = 300
+    """Optimizer steps per segmenter: a fixed budget keeps conditions comparable."""
+    seg_batch: int = 8
+    seg_width: int = 16
+    """Base width of the segmentation U-Net."""
+    synthetic_fraction: float = 0.5
+    """Share of synthetic items in a synthetic condition's training stream."""
+    gen_steps: int = 300
+    """Generator optimizer steps per (k, model) (batch 4)."""
+    gen_ngf: int = 32
+    """Width of the generators trained for the evaluation (pix2pix ngf/ndf, VAE nf = gen_ngf // 2)."""
+    num_variations: int = 8
+    """Candidates per 128 px source tile in the generated sets."""
+    threshold: float = 0.5
+    """Generation acceptance threshold used for the synthetic sets (see README, Quality scores)."""
+    synthetic: str = ""
+    """Optional ready-made synthetic dataset, evaluated as condition 'given' for every k (make sure
+    it was generated from no more than those k pairs, or it leaks)."""
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     pix2pix: Pix2PixConfig = field(default_factory=Pix2PixConfig)
@@ -204,6 +246,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     variations: VariationConfig = field(default_factory=VariationConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

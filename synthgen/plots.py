@@ -125,3 +125,22 @@ def generate_summary_text(result, manifest: dict) -> str:
     lines.append("mean scores: " + "  ".join(f"{k} {v:.3f}" for k, v in manifest["score_means"].items() if v == v and v is not None))
     lines += ["-" * 64, f"dataset    {result.out}", f"quality    {os.path.join(result.out, 'quality.png')}", "=" * 64]
     return "\n".join(lines)
+
+
+def plot_downstream(summary: dict, ks: list[int], save_path: str) -> str:
+    """Test Dice against the number of real pairs k, one line per condition (mean ± std over seeds)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for cond, by_k in summary.items():
+        points = sorted((int(k), v["dice_mean"], v["dice_std"]) for k, v in by_k.items())
+        if len(points) == 1 and points[0][0] not in ks:  # a reference (all real pairs): a horizontal line
+            ax.axhline(points[0][1], linestyle="--", color="gray", label=f"{cond} (k={points[0][0]})")
+            continue
+        ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                    marker="o", capsize=3, label=cond)
+    ax.set_xlabel("real training pairs k")
+    ax.set_ylabel("test Dice (foreground)")
+    ax.set_xticks(ks)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, save_path)

@@ -1,0 +1,504 @@
+"""python benchmarks/bench_generate.py [--sizes 128,256] [--variations N] [--actors 1,2,4] [--quick] [--gpu]
+                                     [--out-json FILE]
+
+End-to-end throughput of the Ray Data generation pipeline (`synthgen.generate.generate`) against the
+bare generator forward pass in a plain torch loop, on the same machine in the same run:
+
+- samples_per_s: generated candidates / pipeline_s, where pipeline_s is generate()'s own clock (the
+  `run.seconds` of the manifest): driver checkpoint load, source loading, actor start-up and
+  checkpoint load in every actor, variations, generator, scorer and the writer (PNG + Parquet).
+  Ray itself is started once, before anything is timed;
+- steady_samples_per_s: the same pipeline once every actor has delivered its first block (arrival
+  times of the scored blocks at the driver's writer), i.e. without start-up and pipeline fill;
+- bare_forward_samples_per_s: the same generator (loaded from the same checkpoint), batches of
+  generate.batch_size x num_variations, torch.inference_mode, in this process, with the thread count
+  one actor gets (Ray: floor(cpus_per_actor), at least 1), timed over the same number of samples
+  after one untimed warm-up batch;
+- efficiency = samples_per_s / bare_forward_samples_per_s (steady_efficiency likewise). With n > 1
+  actors the ceiling is min(n, usable cores / threads per actor), not 1.0.
+
+Rows: every --sizes size with 1 actor (the efficiency comparison), and every --actors count at the
+--scale-sizes sizes (default 128 px). Actors are fixed (actors_min = actors_max = n) with
+cpus_per_actor = min(0.5, (cpus - 0.5) / n), so n actors and the 0.25-CPU variation/scorer tasks fit.
+
+Also measured in-process on one block of real candidates per size: scorer_ms_per_sample (one
+synthgen.quality.assess_quality call per candidate, diversity against its 7 siblings) and
+stage_ms_per_sample (variations, the actor's __call__, the whole score stage incl. PNG encoding), so
+it is visible which stage bounds the pipeline.
+
+Models are untrained but real: pix2pix at the default widths (ngf = ndf = 64), built with
+synthgen.steps.build_state and written with synthgen.checkpoint.save_checkpoint, one per size. Sources
+are the shipped ISBI 2012 sample pairs (6 x 512x512, membranes inverted as in the demo) recorded as the
+checkpoint's training data, so generate.masks = '' tiles them to the model size and the real images
+serve as SSIM references, as in real use. generate.threshold defaults to 0 here, so every candidate
+is accepted and written (an untrained model would otherwise be rejected wholesale and skip the writer).
+
+Progress goes to stderr; stdout gets exactly one JSON line at the end:
+    {"benchmark": "generate", "device", "torch", "ray", "cpus", ...,
+     "results": [{"image_size", "actors", "samples", "pipeline_s", "samples_per_s",
+                  "bare_forward_samples_per_s", "efficiency", ...}, ...],
+     "scorer_ms_per_sample": {"128": ..., "256": ...}, "stage_ms_per_sample": {...}}
+A run that cannot happen (not enough GPUs, a pipeline error, ...) is listed with null numbers and an
+"error" string instead of aborting the benchmark.
+
+The full default run (128 and 256 px, 8 variations, 1/2/4 actors at 128 px) takes about 7-10 minutes
+on 2 CPU cores; --quick (128 px, 2 pairs, 2 variations, 1 and 2 actors) about 1-2 minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+
+SAMPLE_TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "synthgen", "sample_data",
+                            "isbi2012", "train")
+
+
+def log(msg: str) -> None:
+    print(f"[bench_generate {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _csv(kind):
+    def parse(s: str):
+        try:
+            values = [kind(v.strip()) for v in s.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma list of {kind.__name__}, got {s!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError("empty list")
+        return values
+    return parse
+
+
+def subset_pairs(root: str, dest: str, n: int | None) -> tuple[str, str]:
+    """The sample's images/ and masks/ folders, or copies of their first n pairs (by stem) under dest."""
+    from synthgen.data import find_pairs
+
+    images, masks = os.path.join(root, "images"), os.path.join(root, "masks")
+    pairs = find_pairs(images, masks)
+    if n is None or n >= len(pairs):
+        return os.path.abspath(images), os.path.abspath(masks)
+    out_images, out_masks = os.path.join(dest, "images"), os.path.join(dest, "masks")
+    os.makedirs(out_images, exist_ok=True)
+    os.makedirs(out_masks, exist_ok=True)
+    for p in pairs[:n]:
+        shutil.copy(p.image, out_images)
+        shutil.copy(p.mask, out_masks)
+    return out_images, out_masks
+
+
+def make_checkpoint(directory: str, size: int, images: str, masks: str, channels: int) -> str:
+    """An untrained default-width pix2pix checkpoint whose config records the sample pairs (inverted)."""
+    from synthgen.checkpoint import save_checkpoint
+    from synthgen.config import Config
+    from synthgen.steps import build_state
+
+    cfg = Config()
+    cfg.train.model = "pix2pix"
+    cfg.data.image_size, cfg.data.images, cfg.data.masks, cfg.data.invert_mask = size, images, masks, True
+    cfg.validate()
+    state = build_state(cfg, channels, "cpu")
+    return save_checkpoint(directory, state, include_training_state=False)
+
+
+def actor_cpus(args, actors: int) -> float:
+    return min(0.5, (args.cpus - 0.5) / actors)
+
+
+def threads_for(cpus_per_actor: float) -> int:
+    """What Ray sets OMP_NUM_THREADS (and so torch's intra-op threads) to in an actor."""
+    return max(math.floor(cpus_per_actor), 1)
+
+
+def generate_config(args, checkpoint: str, out: str, actors: int, **extra):
+    from synthgen.config import Config
+
+    cfg = Config()
+    g = cfg.generate
+    g.checkpoint, g.masks, g.images, g.out = checkpoint, "", "", out
+    g.num_variations, g.batch_size, g.threshold, g.seed, g.png = args.variations, args.batch_size, args.threshold, 0, True
+    g.actors_min = g.actors_max = actors
+    g.cpus_per_actor = actor_cpus(args, actors)
+    g.gpu = args.gpu
+    for k, v in extra.items():
+        setattr(g, k, v)
+    cfg.validate()
+    return cfg
+
+
+def source_inputs(cfg) -> tuple[list, int]:
+    """The pipeline's sources for a generate config (tiles of the checkpoint's training pairs)."""
+    from synthgen.checkpoint import load_checkpoint
+    from synthgen.generate import load_sources, resolve_checkpoint
+
+    main = load_checkpoint(resolve_checkpoint(cfg.generate.checkpoint))
+    return load_sources(cfg.generate, main.cfg, main.channels), main.channels
+
+
+def bare_forward(checkpoint: str, sources, variations: int, batch: int, threads: int, device: str) -> dict:
+    """Samples/s of the checkpoint's generator in a plain inference_mode loop over len(sources) x
+    variations samples in batches of `batch`, after one untimed warm-up batch."""
+    import torch
+
+    from synthgen.checkpoint import load_checkpoint
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        dev = torch.device(device)
+        gen = load_checkpoint(checkpoint, dev).nets["generator"].eval()
+        masks = np.repeat(np.stack([s.mask for s in sources]).astype(np.float32), variations, axis=0)
+        inputs = torch.from_numpy(masks).unsqueeze(1)
+        n = len(inputs)
+        sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+        with torch.inference_mode():
+            gen(inputs[:batch].to(dev))
+            sync()
+            t0 = time.perf_counter()
+            for i in range(0, n, batch):
+                gen(inputs[i:i + batch].to(dev))
+            sync()
+            elapsed = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(old_threads)
+    return {"samples": n, "seconds": elapsed, "samples_per_s": n / elapsed}
+
+
+def stage_profile(cfg, sources, channels: int, threads: int) -> dict:
+    """ms per candidate of each pipeline stage on one block (generate.batch_size sources) of real
+    candidates, in this process: the pipeline's own stage functions, called directly."""
+    import torch
+
+    from synthgen.generate import GeneratorActor, _checkpoints, make_variation_groups, score_groups
+    from synthgen.quality import assess_quality, parse_weights
+
+    g = cfg.generate
+    block = sources[:g.batch_size]
+    size = block[0].mask.shape[0]
+    blank = np.zeros((size, size, channels), np.uint8)
+    batch = {"source_index": np.arange(len(block)), "source_id": np.array([s.id for s in block]),
+             "mask": np.stack([s.mask for s in block]),
+             "has_image": np.array([s.image is not None for s in block]),
+             "image": np.stack([s.image if s.image is not None else blank for s in block])}
+    kinds = [k.strip() for k in g.variations.split(",")]
+    weights = parse_weights(g.weights)
+    checkpoints, _ = _checkpoints(g)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        t0 = time.perf_counter()
+        groups = make_variation_groups(batch, g.num_variations, kinds, g.seed, cfg.variations)
+        t_var = time.perf_counter() - t0
+        actor = GeneratorActor(checkpoints, g.gpu, g.precision)
+        warm = {k: v[:1] for k, v in groups.items()}
+        actor(dict(warm))                                   # first call: allocator, kernels
+        t0 = time.perf_counter()
+        groups = actor(groups)
+        t_gen = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(old_threads)
+    t0 = time.perf_counter()
+    score_groups(groups, weights, g.threshold, list(checkpoints))
+    t_score = time.perf_counter() - t0
+    name = list(checkpoints)[0]
+    t0 = time.perf_counter()
+    n = 0
+    for gi in range(len(groups["source_id"])):
+        images = list(groups[f"generated_{name}"][gi])
+        has_image = bool(groups["has_image"][gi])
+        w = weights if has_image else {k: v for k, v in weights.items() if k != "ssim"}
+        for v, img in enumerate(images):
+            assess_quality(img, groups["var_mask"][gi][v], groups["ref_image"][gi][v] if has_image else None,
+                           images[:v] + images[v + 1:], w, source_mask=groups["ref_mask"][gi][v])
+            n += 1
+    t_assess = time.perf_counter() - t0
+    per = 1000.0 / n
+    return {"candidates": n, "assess_quality": round(t_assess * per, 2), "variations": round(t_var * per, 2),
+            "generator_actor_call": round(t_gen * per, 2), "score_stage": round(t_score * per, 2)}
+
+
+class TimedGeneratorActor:
+    """synthgen.generate.GeneratorActor, unchanged, plus wall-clock timestamps of its construction
+    (checkpoint load) and of every __call__, appended to a JSON-lines file per actor under log_dir.
+    The real class is imported inside the actor process (the driver's module attribute is patched)."""
+
+    log_dir = ""
+
+    def __init__(self, checkpoints: dict, gpu: bool, precision: str):
+        t0 = time.time()
+        import synthgen.generate as generate_module  # the real actor's class is unpickled before its __init__
+
+        t_import = time.time()
+        self.inner = generate_module.GeneratorActor(checkpoints, gpu, precision)
+        self.path = os.path.join(self.log_dir, f"actor-{os.getpid()}-{id(self)}.jsonl")
+        self._log({"event": "init", "t0": t0, "t_import": t_import, "t1": time.time(), "threads": _torch_threads()})
+
+    def _log(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def __call__(self, batch: dict) -> dict:
+        t0 = time.time()
+        out = self.inner(batch)
+        n = int(np.prod(batch["var_mask"].shape[:2]))
+        self._log({"event": "call", "t0": t0, "t1": time.time(), "n": n})
+        return out
+
+
+def _torch_threads() -> int:
+    import torch
+    return torch.get_num_threads()
+
+
+def run_pipeline(cfg, log_dir: str) -> dict:
+    """generate(cfg) with the generator actors timed (TimedGeneratorActor) and the arrival of every
+    scored block at the driver's writer recorded; the Ray Data dataset is kept for its stats()."""
+    import synthgen.generate as generate_module
+
+    os.makedirs(log_dir, exist_ok=True)
+    arrivals: list[tuple[float, int]] = []
+    datasets = []
+    base_writer, base_actor, base_build = (generate_module.DatasetWriter, generate_module.GeneratorActor,
+                                           generate_module.build_pipeline)
+
+    class TimedWriter(base_writer):
+        def add(self, batch):
+            super().add(batch)
+            arrivals.append((time.time(), len(batch["id"])))
+
+    def build(*a, **kw):
+        ds = base_build(*a, **kw)
+        datasets.append(ds)
+        return ds
+
+    TimedGeneratorActor.log_dir = log_dir
+    generate_module.DatasetWriter, generate_module.GeneratorActor = TimedWriter, TimedGeneratorActor
+    generate_module.build_pipeline = build
+    try:
+        t0 = time.time()
+        result = generate_module.generate(cfg)
+        call_s = time.time() - t0
+    finally:
+        generate_module.DatasetWriter, generate_module.GeneratorActor = base_writer, base_actor
+        generate_module.build_pipeline = base_build
+    events = []
+    for name in sorted(os.listdir(log_dir)):
+        with open(os.path.join(log_dir, name)) as f:
+            events += [dict(json.loads(line), actor=name) for line in f if line.strip()]
+    stats = None
+    if datasets:
+        try:
+            stats = datasets[0].stats()
+        except Exception as e:  # noqa: BLE001 - stats are a diagnostic only
+            stats = f"(no stats: {e})"
+    return {"result": result, "call_s": call_s, "start": t0, "arrivals": arrivals, "events": events,
+            "stats": stats}
+
+
+def actor_timing(events: list[dict], start: float, end: float) -> dict:
+    """From the actors' timestamps: when the first render began (start-up: actor process, imports,
+    checkpoint load), the checkpoint load itself, the generator stage's steady rate (candidates over
+    the span from its first render start to its last render end) and how busy the actors were."""
+    inits = [e for e in events if e["event"] == "init"]
+    calls = [e for e in events if e["event"] == "call"]
+    out = {"actor_start_s": None, "actor_import_s": None, "actor_load_s": None, "steady_samples_per_s": None,
+           "actor_busy": None, "actor_threads": sorted({e["threads"] for e in inits}) or None}
+    if inits:
+        out["actor_import_s"] = round(max(e["t_import"] - e["t0"] for e in inits), 2)
+        out["actor_load_s"] = round(max(e["t1"] - e["t_import"] for e in inits), 2)
+    if calls:
+        first, last = min(e["t0"] for e in calls), max(e["t1"] for e in calls)
+        out["actor_start_s"] = round(first - start, 2)
+        n = sum(e["n"] for e in calls)
+        if last > first:
+            out["steady_samples_per_s"] = n / (last - first)
+        actors = {e["actor"] for e in calls}
+        busy = sum(e["t1"] - e["t0"] for e in calls)
+        out["actor_busy"] = round(busy / (len(actors) * (end - start)), 3) if end > start else None
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=_csv(int), default=[128, 256], help="model sizes in px (default 128,256)")
+    p.add_argument("--variations", type=int, default=8, help="generate.num_variations (default 8)")
+    p.add_argument("--actors", type=_csv(int), default=[1, 2, 4], help="actor counts to scale over (default 1,2,4)")
+    p.add_argument("--scale-sizes", type=_csv(int), default=[128],
+                   help="sizes at which every --actors count runs; other sizes run 1 actor (default 128)")
+    p.add_argument("--batch-size", type=int, default=None, help="generate.batch_size (default: synthgen's, 4)")
+    p.add_argument("--pairs", type=int, default=None, help="use only the first N sample pairs (default: all 6)")
+    p.add_argument("--threshold", type=float, default=0.0,
+                   help="generate.threshold (default 0: accept and write every candidate)")
+    p.add_argument("--quick", action="store_true", help="smoke test: 128 px, 2 pairs, 2 variations, 1 and 2 actors")
+    p.add_argument("--gpu", action="store_true", help="generate.gpu (one GPU per actor) and the baseline on CUDA")
+    p.add_argument("--cpus", type=int, default=None, help="CPUs given to the local Ray (default: all cores)")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="skip the small untimed generate() that first starts Ray's worker processes")
+    p.add_argument("--data", default=None, help="folder with images/ and masks/ (default: the ISBI sample)")
+    p.add_argument("--out-json", default=None, help="also write the JSON result to this file")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sizes, args.scale_sizes, args.variations, args.actors = [128], [128], 2, [1, 2]
+        args.pairs = args.pairs or 2
+    if args.variations < 1 or any(a < 1 for a in args.actors) or (args.pairs is not None and args.pairs < 1):
+        p.error("--variations, --actors and --pairs must be >= 1")
+    if any(s < 16 or s % 16 for s in args.sizes):
+        p.error("--sizes must be multiples of 16")
+
+    # Ray, Ray Data and generate() write to stdout; keep stdout for the one JSON line.
+    json_out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    started = time.time()
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+    import ray
+    import torch
+
+    from synthgen.config import GenerateConfig
+    from synthgen.data import find_pairs, image_channels
+
+    if args.batch_size is None:
+        args.batch_size = GenerateConfig().batch_size
+    if args.gpu and not torch.cuda.is_available():
+        log("--gpu given but CUDA is not available here; running on CPU")
+        args.gpu = False
+    device = torch.cuda.get_device_name(0) if args.gpu else "cpu"
+    args.cpus = args.cpus or os.cpu_count()
+
+    tmp = tempfile.TemporaryDirectory(prefix="bench_generate_")
+    root = args.data or SAMPLE_TRAIN
+    images, masks = subset_pairs(root, os.path.join(tmp.name, "data"), args.pairs)
+    pairs = find_pairs(images, masks)
+    channels = image_channels(pairs)
+    log(f"data: {len(pairs)} pairs from {os.path.dirname(images)}, {channels} channel(s), masks inverted")
+
+    checkpoints = {}
+    for size in args.sizes:
+        checkpoints[size] = make_checkpoint(os.path.join(tmp.name, f"model_{size}"), size, images, masks, channels)
+    log(f"untrained pix2pix checkpoints (ngf=ndf=64) at {', '.join(map(str, args.sizes))} px")
+
+    ray.init(num_cpus=args.cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    log(f"ray {ray.__version__} up with {args.cpus} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs; "
+        f"device {device}")
+
+    if not args.no_warmup:
+        # Task workers (variations, scorer) are reused across runs and import torch/scipy/skimage on
+        # their first task; pay that once here so the first timed run is not penalised.
+        warm = os.path.join(tmp.name, "warm")
+        w_images, w_masks = subset_pairs(root, warm, 1)
+        cfg = generate_config(args, checkpoints[args.sizes[0]], os.path.join(tmp.name, "out_warmup"), 1,
+                              masks=w_masks, images=w_images, num_variations=2)
+        t0 = time.time()
+        try:
+            run_pipeline(cfg, os.path.join(tmp.name, "actors_warmup"))
+            log(f"warm-up generate() done in {time.time() - t0:.0f}s (untimed)")
+        except Exception as e:  # noqa: BLE001 - the timed runs report their own errors
+            log(f"warm-up generate() failed: {type(e).__name__}: {e}")
+        shutil.rmtree(os.path.join(tmp.name, "out_warmup"), ignore_errors=True)
+
+    # Baselines and stage profiles: one per size, at the thread count of a 1-actor run.
+    baseline, scorer_ms, stage_ms = {}, {}, {}
+    for size in args.sizes:
+        cfg = generate_config(args, checkpoints[size], os.path.join(tmp.name, "unused"), 1)
+        sources, _ = source_inputs(cfg)
+        threads = threads_for(cfg.generate.cpus_per_actor)
+        batch = args.batch_size * args.variations
+        log(f"{size}px bare forward: {len(sources)} sources x {args.variations} = {len(sources) * args.variations} "
+            f"samples, batch {batch}, {threads} thread(s), {'cuda' if args.gpu else 'cpu'} ...")
+        b = bare_forward(checkpoints[size], sources, args.variations, batch, threads, "cuda" if args.gpu else "cpu")
+        baseline[size] = b["samples_per_s"]
+        log(f"{size}px bare forward: {b['samples_per_s']:.2f} samples/s ({b['seconds']:.1f}s)")
+        prof = stage_profile(cfg, sources, channels, threads)
+        scorer_ms[str(size)] = prof["assess_quality"]
+        stage_ms[str(size)] = prof
+        log(f"{size}px per candidate (ms): assess_quality {prof['assess_quality']}, score stage "
+            f"{prof['score_stage']}, variations {prof['variations']}, actor call {prof['generator_actor_call']}")
+
+    runs = [(size, 1) for size in args.sizes]
+    for size in args.scale_sizes:
+        if size in args.sizes:
+            runs += [(size, n) for n in args.actors if (size, n) not in runs]
+    runs.sort()
+    results = []
+    total_gpus = ray.cluster_resources().get("GPU", 0)
+    for i, (size, actors) in enumerate(runs, 1):
+        out = os.path.join(tmp.name, f"out_{size}_{actors}")
+        cfg = generate_config(args, checkpoints[size], out, actors)
+        g = cfg.generate
+        row = {"image_size": size, "actors": actors, "cpus_per_actor": None if args.gpu else round(g.cpus_per_actor, 4),
+               "threads_per_actor": None if args.gpu else threads_for(g.cpus_per_actor),
+               "samples": None, "pipeline_s": None, "samples_per_s": None,
+               "bare_forward_samples_per_s": round(baseline[size], 3), "efficiency": None,
+               "steady_samples_per_s": None, "steady_efficiency": None, "actor_start_s": None,
+               "actor_import_s": None, "actor_load_s": None, "first_output_s": None, "actor_busy": None, "generate_call_s": None}
+        if args.gpu and actors > total_gpus:
+            row["error"] = f"needs {actors} GPUs, Ray has {total_gpus:g}"
+            results.append(row)
+            log(f"[{i}/{len(runs)}] {size}px x {actors} actor(s): skipped ({row['error']})")
+            continue
+        log(f"[{i}/{len(runs)}] {size}px x {actors} actor(s) ({g.cpus_per_actor:.3g} CPU each), "
+            f"{args.variations} variations, batch {g.batch_size} ...")
+        try:
+            r = run_pipeline(cfg, os.path.join(tmp.name, f"actors_{size}_{actors}"))
+        except Exception as e:  # noqa: BLE001 - one failing configuration must not lose the others
+            row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:500]
+            results.append(row)
+            log(f"[{i}/{len(runs)}]   FAILED: {row['error']}")
+            shutil.rmtree(out, ignore_errors=True)
+            continue
+        res, arrivals = r["result"], r["arrivals"]
+        timing = actor_timing(r["events"], r["start"], r["start"] + res.seconds)
+        steady = timing.pop("steady_samples_per_s")
+        threads_seen = timing.pop("actor_threads")
+        row.update({
+            "samples": res.generated, "accepted": res.accepted, "pipeline_s": round(res.seconds, 2),
+            "samples_per_s": round(res.samples_per_s, 3),
+            "efficiency": round(res.samples_per_s / baseline[size], 3),
+            "steady_samples_per_s": round(steady, 3) if steady else None,
+            "steady_efficiency": round(steady / baseline[size], 3) if steady else None,
+            **timing,
+            "first_output_s": round(arrivals[0][0] - r["start"], 2) if arrivals else None,
+            "generate_call_s": round(r["call_s"], 2),
+        })
+        if threads_seen and not args.gpu and threads_seen != [row["threads_per_actor"]]:
+            row["threads_per_actor"] = threads_seen if len(threads_seen) > 1 else threads_seen[0]
+        results.append(row)
+        log(f"[{i}/{len(runs)}]   {res.generated} samples in {res.seconds:.1f}s: {res.samples_per_s:.2f} samples/s, "
+            f"efficiency {row['efficiency']:.2f} (bare {baseline[size]:.2f}); steady {steady or float('nan'):.2f} "
+            f"samples/s; first render at {row['actor_start_s']}s (in the actor: imports {row['actor_import_s']}s, "
+            f"checkpoint load {row['actor_load_s']}s), "
+            f"first block written at {row['first_output_s']}s, actors busy {row['actor_busy']}")
+        if r["stats"]:
+            log(f"[{i}/{len(runs)}]   Ray Data stats:\n{r['stats']}")
+        shutil.rmtree(out, ignore_errors=True)
+
+    ray.shutdown()
+    tmp.cleanup()
+    report = {"benchmark": "generate", "device": device, "torch": torch.__version__, "ray": ray.__version__,
+              "cpus": args.cpus, "python": platform.python_version(), "model": "pix2pix ngf=ndf=64 (untrained)",
+              "data": args.data or "isbi2012 sample", "pairs": len(pairs), "num_variations": args.variations,
+              "batch_size": args.batch_size, "threshold": args.threshold,
+              "wall_s": round(time.time() - started, 1), "results": results,
+              "scorer_ms_per_sample": scorer_ms, "stage_ms_per_sample": stage_ms}
+    line = json.dumps(report)
+    json_out.write(line + "\n")
+    json_out.flush()
+    if args.out_json:
+        with open(args.out_json, "w") as f:
+            f.write(line + "\n")
+    log(f"done in {time.time() - started:.0f}s")
+    return 1 if all(r.get("error") for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
