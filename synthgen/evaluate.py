@@ -53,10 +53,27 @@ def _parse_ks(text: str, n_real: int) -> list[int]:
     return ks
 
 
-def _generator_config(cfg: Config, model: str, k: int, out: str) -> Config:
+def subset_pairs(pairs: list[Pair], folder: str) -> tuple[str, str]:
+    """Copy pairs into folder/images + folder/masks: the exact training set of one k, recorded in the
+    generator's checkpoint, so generation from it cannot see any other pair."""
+    import shutil
+
+    images, masks = os.path.join(folder, "images"), os.path.join(folder, "masks")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(images)
+    os.makedirs(masks)
+    for p in pairs:
+        shutil.copy(p.image, images)
+        shutil.copy(p.mask, masks)
+    return images, masks
+
+
+def _generator_config(cfg: Config, model: str, k: int, pairs_dir: tuple[str, str], out: str) -> Config:
     e = cfg.evaluate
     g = Config()
-    g.data.image_size, g.data.invert_mask, g.data.repeats = e.image_size, e.invert_mask, 8
+    g.data.images, g.data.masks = pairs_dir
+    g.data.image_size, g.data.invert_mask, g.data.repeats, g.data.min_pairs, g.data.val_pairs = \
+        e.image_size, e.invert_mask, 8, 1, 0
     g.pix2pix.ngf = g.pix2pix.ndf = e.gen_ngf
     g.vae.nf = max(4, e.gen_ngf // 2)
     g.train.model, g.train.out, g.train.batch_size = model, out, 4
@@ -65,8 +82,8 @@ def _generator_config(cfg: Config, model: str, k: int, out: str) -> Config:
 
 
 @ray.remote(num_cpus=1)
-def train_generator_task(cfg_dict: dict, pairs: list[list[str]]) -> str:
-    """Train one generator in-process on the given pairs; returns its checkpoint directory."""
+def train_generator_task(cfg_dict: dict) -> str:
+    """Train one generator in-process on the pairs in cfg.data; returns its checkpoint directory."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -75,7 +92,7 @@ def train_generator_task(cfg_dict: dict, pairs: list[list[str]]) -> str:
 
     torch.set_num_threads(1)
     cfg = Config.from_dict(cfg_dict)
-    ds = PairDataset([Pair(*p) for p in pairs], cfg.data.image_size, cfg.data.invert_mask,
+    ds = PairDataset(find_pairs(cfg.data.images, cfg.data.masks), cfg.data.image_size, cfg.data.invert_mask,
                      repeats=cfg.data.repeats, seed=cfg.train.seed)
     loader = DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(cfg.train.seed))
@@ -85,7 +102,7 @@ def train_generator_task(cfg_dict: dict, pairs: list[list[str]]) -> str:
         gen.train_pix2pix(loader, t.epochs, t.lr, cfg.pix2pix.lambda_l1)
     else:
         gen.train_vae(loader, t.epochs, t.lr, cfg.vae.beta)
-    return gen.save(os.path.join(cfg.train.out, "model"))
+    return gen.save(os.path.join(t.out, "model"))
 
 
 @ray.remote(num_cpus=1)
@@ -117,8 +134,9 @@ def _synthetic_sets(cfg: Config, ks: list[int], real: list[Pair], conditions: li
 
     e = cfg.evaluate
     models = sorted({m for c in conditions if c in GENERATED_CONDITIONS for m in (["pix2pix", "vae"] if c == "hybrid" else [c])})
-    jobs = {(m, k): train_generator_task.remote(_generator_config(cfg, m, k, os.path.join(e.out, f"k{k}", m)).to_dict(),
-                                                [[p.stem, p.image, p.mask] for p in real[:k]])
+    pairs_dirs = {k: subset_pairs(real[:k], os.path.join(e.out, f"k{k}", "real_pairs")) for k in ks}
+    jobs = {(m, k): train_generator_task.remote(
+                _generator_config(cfg, m, k, pairs_dirs[k], os.path.join(e.out, f"k{k}", m)).to_dict())
             for k in ks for m in models}
     checkpoints = dict(zip(jobs, ray.get(list(jobs.values()))))
     sets = {}

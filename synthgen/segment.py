@@ -136,6 +136,9 @@ def _check_item(image: np.ndarray, mask: np.ndarray, size: int, name: str) -> No
     if image.ndim != 3 or mask.ndim != 2 or image.shape[:2] != mask.shape:
         raise ValueError(f"{name}: need an HxWxC image and an HxW mask of the same size, "
                          f"got {image.shape} and {mask.shape}")
+    if image.dtype != np.uint8 or mask.max(initial=0) > 1:
+        raise ValueError(f"{name}: need a uint8 image and a {{0, 1}} mask, "
+                         f"got {image.dtype} and a mask maximum of {mask.max(initial=0)}")
     if min(mask.shape) < size:
         raise ValueError(f"{name}: {mask.shape[1]}x{mask.shape[0]} px is smaller than the crop size {size}")
 
@@ -170,7 +173,8 @@ class SegmentationData(torch.utils.data.Dataset):
             raise ValueError("the synthetic dataset is empty")
         for n, (image, mask) in enumerate(real_items):
             _check_item(image, mask, size, f"real item {n}")
-        self.real = [(np.ascontiguousarray(im), np.ascontiguousarray(m)) for im, m in real_items]
+        # Writable copies: PIL-decoded arrays are read-only, which torch.from_numpy warns about.
+        self.real = [(np.array(im), np.array(m)) for im, m in real_items]
         self.size, self.augment, self.synthetic, self.seed, self.length = size, augment, synthetic, seed, length
         # Without real items every item must be synthetic, whatever the fraction says.
         self.synthetic_fraction = 0.0 if synthetic is None else (synthetic_fraction if real_items else 1.0)
@@ -283,7 +287,7 @@ def predict(model: SegmentationUNet, image: np.ndarray, size: int) -> np.ndarray
         image = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
     model.eval()
     dev = next(model.parameters()).device
-    x = image_to_tensor(np.ascontiguousarray(image))
+    x = image_to_tensor(np.array(image))  # a writable copy: decoded images may be read-only
     ys = sorted({*range(0, x.shape[1] - size, size), x.shape[1] - size})
     xs = sorted({*range(0, x.shape[2] - size, size), x.shape[2] - size})
     windows = [(t, l) for t in ys for l in xs]

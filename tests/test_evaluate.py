@@ -1,0 +1,79 @@
+"""Downstream evaluation: a tiny end-to-end run (32 px, k=2, 1 seed, a few steps) and the split checks."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from conftest import write_pairs
+from synthgen.config import Config, ConfigError
+from synthgen.data import DataError, find_pairs
+from synthgen.evaluate import check_no_leakage, markdown_table, run_evaluation, summarise
+
+
+def _config(tmp_path, real, test, **evaluate) -> Config:
+    cfg = Config()
+    e = cfg.evaluate
+    e.real_images, e.real_masks = real
+    e.test_images, e.test_masks = test
+    e.out, e.k, e.seeds, e.image_size = str(tmp_path / "eval"), "2", 1, 32
+    e.seg_steps, e.seg_batch, e.seg_width, e.gen_steps, e.gen_ngf = 4, 2, 4, 2, 4
+    e.num_variations, e.threshold = 2, 0.0
+    for key, value in evaluate.items():
+        setattr(e, key, value)
+    cfg.validate()
+    return cfg
+
+
+def test_tiny_evaluation_writes_a_well_formed_table(ray_2cpu, tmp_path):
+    real = write_pairs(str(tmp_path / "real"), n=3, size=(40, 48), seed=1)
+    test = write_pairs(str(tmp_path / "test"), n=2, size=(40, 48), seed=2)
+    cfg = _config(tmp_path, real, test)
+    result = run_evaluation(cfg)
+
+    conditions = {"real", "classic", "pix2pix", "vae", "hybrid", "all_real"}
+    assert {t["condition"] for t in result["trials"]} == conditions
+    assert all(0.0 <= t["dice"] <= 1.0 and 0.0 <= t["iou"] <= 1.0 for t in result["trials"])
+    assert set(result["summary"]) == conditions and result["summary"]["real"]["2"]["n"] == 1
+    out = cfg.evaluate.out
+    with open(os.path.join(out, "results.json")) as f:
+        assert json.load(f)["summary"] == result["summary"]
+    with open(os.path.join(out, "results.md")) as f:
+        table = f.read()
+    assert table.count("\n") == 2 + len(conditions) and "| pix2pix |" in table and "k=2 Dice" in table
+    assert os.path.getsize(os.path.join(out, "results.png")) > 0
+
+    # The split: generators and their synthetic sets saw exactly the first k=2 real pairs, no test pair.
+    used_dir = os.path.join(out, "k2", "real_pairs", "images")
+    assert {os.path.splitext(n)[0] for n in os.listdir(used_dir)} == {p.stem for p in find_pairs(*real)[:2]}
+    used_bytes = {open(os.path.join(used_dir, n), "rb").read() for n in os.listdir(used_dir)}
+    assert not used_bytes & {open(p.image, "rb").read() for p in find_pairs(*test)}
+    for c in ("pix2pix", "vae", "hybrid"):
+        with open(os.path.join(out, "k2", f"synthetic_{c}", "manifest.json")) as f:
+            manifest = json.load(f)
+        assert manifest["counts"]["sources"] == 2 * 4  # 2 pairs of 40x48 -> 4 tiles of 32 px each
+    with open(os.path.join(out, "k2", "pix2pix", "model", "config.json")) as f:
+        assert json.load(f)["data"]["images"] == os.path.join(out, "k2", "real_pairs", "images")
+
+
+def test_leakage_and_bad_k_are_refused(tmp_path):
+    real = write_pairs(str(tmp_path / "real"), n=3, seed=1)
+    test = write_pairs(str(tmp_path / "test"), n=2, seed=2)
+    shutil.copy(os.path.join(real[0], "p00.png"), os.path.join(test[0], "p00.png"))  # a training image in test
+    with pytest.raises(DataError, match="p00.png"):
+        check_no_leakage(find_pairs(*real), find_pairs(*test))
+    with pytest.raises(DataError, match="must not be used for training"):
+        run_evaluation(_config(tmp_path, real, test))
+    clean = write_pairs(str(tmp_path / "clean"), n=2, seed=3)
+    with pytest.raises(ConfigError, match="1..3"):
+        run_evaluation(_config(tmp_path, real, clean, k="2,5"))
+
+
+def test_summary_and_markdown_by_hand():
+    trials = [{"condition": "real", "k": 3, "seed": s, "dice": d, "iou": d / 2} for s, d in enumerate([0.5, 0.7])]
+    summary = summarise(trials)
+    assert summary["real"]["3"]["dice_mean"] == pytest.approx(0.6)
+    assert summary["real"]["3"]["dice_std"] == pytest.approx(0.1)
+    assert "0.600 ± 0.100" in markdown_table(summary, [3])
