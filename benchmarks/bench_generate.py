@@ -8,8 +8,9 @@ bare generator forward pass in a plain torch loop, on the same machine in the sa
   `run.seconds` of the manifest): driver checkpoint load, source loading, actor start-up and
   checkpoint load in every actor, variations, generator, scorer and the writer (PNG + Parquet).
   Ray itself is started once, before anything is timed;
-- steady_samples_per_s: the same pipeline once every actor has delivered its first block (arrival
-  times of the scored blocks at the driver's writer), i.e. without start-up and pipeline fill;
+- steady_samples_per_s: the generator stage once running, from the actors' own timestamps: candidates
+  rendered / (last render end - first render start), i.e. without start-up and pipeline fill (the
+  actor class is wrapped for the run to record them; nothing in synthgen is changed);
 - bare_forward_samples_per_s: the same generator (loaded from the same checkpoint), batches of
   generate.batch_size x num_variations, torch.inference_mode, in this process, with the thread count
   one actor gets (Ray: floor(cpus_per_actor), at least 1), timed over the same number of samples
@@ -108,6 +109,30 @@ def make_checkpoint(directory: str, size: int, images: str, masks: str, channels
     cfg.validate()
     state = build_state(cfg, channels, "cpu")
     return save_checkpoint(directory, state, include_training_state=False)
+
+
+def machine_cpu() -> tuple[float, float] | None:
+    """(busy, total) jiffies of all cores from /proc/stat (Linux), or None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_between(a, b) -> float | None:
+    """Fraction of all cores busy between two machine_cpu() samples."""
+    if a is None or b is None or b[1] <= a[1]:
+        return None
+    return round((b[0] - a[0]) / (b[1] - a[1]), 3)
+
+
+def self_cpu_s() -> float:
+    import resource
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def actor_cpus(args, actors: int) -> float:
@@ -284,9 +309,11 @@ def run_pipeline(cfg, log_dir: str) -> dict:
     generate_module.DatasetWriter, generate_module.GeneratorActor = TimedWriter, TimedGeneratorActor
     generate_module.build_pipeline = build
     try:
+        cpu0, self0 = machine_cpu(), self_cpu_s()
         t0 = time.time()
         result = generate_module.generate(cfg)
         call_s = time.time() - t0
+        cpu1, self1 = machine_cpu(), self_cpu_s()
     finally:
         generate_module.DatasetWriter, generate_module.GeneratorActor = base_writer, base_actor
         generate_module.build_pipeline = base_build
@@ -301,7 +328,7 @@ def run_pipeline(cfg, log_dir: str) -> dict:
         except Exception as e:  # noqa: BLE001 - stats are a diagnostic only
             stats = f"(no stats: {e})"
     return {"result": result, "call_s": call_s, "start": t0, "arrivals": arrivals, "events": events,
-            "stats": stats}
+            "stats": stats, "machine_cpu_busy": busy_between(cpu0, cpu1), "driver_cpu_s": round(self1 - self0, 2)}
 
 
 def actor_timing(events: list[dict], start: float, end: float) -> dict:
@@ -391,6 +418,13 @@ def main(argv: list[str] | None = None) -> int:
     log(f"ray {ray.__version__} up with {args.cpus} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs; "
         f"device {device}")
 
+    before = machine_cpu()
+    time.sleep(2.0)
+    idle_busy = busy_between(before, machine_cpu())
+    if idle_busy is not None and idle_busy > 0.1:
+        log(f"WARNING: {100 * idle_busy:.0f}% of the CPUs are busy before the benchmark starts (other "
+            "processes?); the numbers will be skewed")
+
     if not args.no_warmup:
         # Task workers (variations, scorer) are reused across runs and import torch/scipy/skimage on
         # their first task; pay that once here so the first timed run is not penalised.
@@ -469,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             **timing,
             "first_output_s": round(arrivals[0][0] - r["start"], 2) if arrivals else None,
             "generate_call_s": round(r["call_s"], 2),
+            "machine_cpu_busy": r["machine_cpu_busy"], "driver_cpu_s": r["driver_cpu_s"],
         })
         if threads_seen and not args.gpu and threads_seen != [row["threads_per_actor"]]:
             row["threads_per_actor"] = threads_seen if len(threads_seen) > 1 else threads_seen[0]
@@ -477,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
             f"efficiency {row['efficiency']:.2f} (bare {baseline[size]:.2f}); steady {steady or float('nan'):.2f} "
             f"samples/s; first render at {row['actor_start_s']}s (in the actor: imports {row['actor_import_s']}s, "
             f"checkpoint load {row['actor_load_s']}s), "
-            f"first block written at {row['first_output_s']}s, actors busy {row['actor_busy']}")
+            f"first block written at {row['first_output_s']}s, actors busy {row['actor_busy']}; machine CPU busy "
+            f"{row['machine_cpu_busy']}, driver CPU {row['driver_cpu_s']}s")
         if r["stats"]:
             log(f"[{i}/{len(runs)}]   Ray Data stats:\n{r['stats']}")
         shutil.rmtree(out, ignore_errors=True)
@@ -487,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"benchmark": "generate", "device": device, "torch": torch.__version__, "ray": ray.__version__,
               "cpus": args.cpus, "python": platform.python_version(), "model": "pix2pix ngf=ndf=64 (untrained)",
               "data": args.data or "isbi2012 sample", "pairs": len(pairs), "num_variations": args.variations,
-              "batch_size": args.batch_size, "threshold": args.threshold,
+              "batch_size": args.batch_size, "threshold": args.threshold, "idle_cpu_busy_before": idle_busy,
               "wall_s": round(time.time() - started, 1), "results": results,
               "scorer_ms_per_sample": scorer_ms, "stage_ms_per_sample": stage_ms}
     line = json.dumps(report)

@@ -52,8 +52,10 @@ class Pix2PixConfig:
     """Generator width: channels of the first U-Net layer (doubling per level, capped at 8*ngf)."""
     ndf: int = 64
     """Discriminator width: channels of the first PatchGAN layer."""
-    gan_mode: str = "vanilla"
-    """GAN loss: 'vanilla' (BCE), 'lsgan' (least squares) or 'hinge'."""
+    gan_mode: str = "lsgan"
+    """GAN loss: 'vanilla' (BCE, the reference pix2pix), 'lsgan' (least squares) or 'hinge'. lsgan is
+    the default: on the ISBI sample (128 px, 300 steps) vanilla and hinge produced periodic stripe
+    artefacts once D won (val SSIM 0.338 / 0.328), lsgan none (0.376)."""
     lambda_l1: float = 100.0
     """Weight of the L1 reconstruction term against the GAN term (pix2pix default 100)."""
     spectral_norm: bool = False

@@ -70,7 +70,9 @@ def test_step_returns_documented_finite_metrics_and_updates_weights(tmp_path, mo
 
 
 def test_pix2pix_step_metric_ranges(tmp_path) -> None:
-    state = build_state(_cfg(tmp_path), 1)
+    cfg = _cfg(tmp_path)
+    cfg.pix2pix.gan_mode = "vanilla"
+    state = build_state(cfg, 1)
     out = pix2pix_step(state, [_batch()])
     # Freshly initialised (N(0, 0.02) weights): D logits ~0, so the vanilla BCE terms are ~log 2; the
     # generator's tanh output ~0, so L1 against U(-1, 1) targets is ~0.5.
@@ -114,7 +116,7 @@ def test_accumulated_gradient_equals_big_batch(tmp_path) -> None:
         pix2pix_step(state, batches)
         grads.append(torch.cat([p.grad.flatten() for p in state.nets["generator"].parameters()]))
     # Instance norm and per-patch means make each image's loss independent of the others.
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
 
 
 def test_bf16_step_is_finite_on_cpu(tmp_path) -> None:
