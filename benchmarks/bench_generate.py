@@ -413,17 +413,17 @@ def main(argv: list[str] | None = None) -> int:
         checkpoints[size] = make_checkpoint(os.path.join(tmp.name, f"model_{size}"), size, images, masks, channels)
     log(f"untrained pix2pix checkpoints (ngf=ndf=64) at {', '.join(map(str, args.sizes))} px")
 
-    ray.init(num_cpus=args.cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    log(f"ray {ray.__version__} up with {args.cpus} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs; "
-        f"device {device}")
-
     before = machine_cpu()
     time.sleep(2.0)
     idle_busy = busy_between(before, machine_cpu())
     if idle_busy is not None and idle_busy > 0.1:
         log(f"WARNING: {100 * idle_busy:.0f}% of the CPUs are busy before the benchmark starts (other "
             "processes?); the numbers will be skewed")
+
+    ray.init(num_cpus=args.cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    log(f"ray {ray.__version__} up with {args.cpus} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs; "
+        f"device {device}")
 
     if not args.no_warmup:
         # Task workers (variations, scorer) are reused across runs and import torch/scipy/skimage on

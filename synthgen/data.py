@@ -374,14 +374,19 @@ class SyntheticDataset(torch.utils.data.Dataset):
     the same layout as PairDataset, so real and synthetic sets concatenate directly.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, min_score: float | None = None) -> None:
+        """`min_score`: keep only rows whose overall_quality is at least this (re-filter a dataset
+        generated with a low threshold without generating it again)."""
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         files = [path] if path.endswith(".parquet") else sorted(
             os.path.join(path, "data", f) for f in os.listdir(os.path.join(path, "data")) if f.endswith(".parquet"))
         if not files:
             raise DataError(f"{path}: no Parquet shards (not a synthgen generated dataset?)")
-        tables = [pq.read_table(f, columns=["id", "image", "mask"]) for f in files]
+        tables = [pq.read_table(f, columns=["id", "image", "mask", "overall_quality"]) for f in files]
+        if min_score is not None:
+            tables = [t.filter(pc.greater_equal(t.column("overall_quality"), min_score)) for t in tables]
         self.ids = [i for t in tables for i in t.column("id").to_pylist()]
         self._images = [b for t in tables for b in t.column("image").to_pylist()]
         self._masks = [b for t in tables for b in t.column("mask").to_pylist()]
@@ -396,8 +401,8 @@ class SyntheticDataset(torch.utils.data.Dataset):
         return {"image": image_to_tensor(image), "mask": mask_to_tensor((mask > 0).astype(np.uint8)), "id": self.ids[i]}
 
 
-def load_synthetic_dataset(path: str) -> SyntheticDataset:
+def load_synthetic_dataset(path: str, min_score: float | None = None) -> SyntheticDataset:
     """`synthgen generate` output -> torch Dataset of (image, mask); see SyntheticDataset."""
     if not os.path.exists(path):
         raise DataError(f"{path}: does not exist")
-    return SyntheticDataset(path)
+    return SyntheticDataset(path, min_score)

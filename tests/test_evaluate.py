@@ -77,3 +77,23 @@ def test_summary_and_markdown_by_hand():
     assert summary["real"]["3"]["dice_mean"] == pytest.approx(0.6)
     assert summary["real"]["3"]["dice_std"] == pytest.approx(0.1)
     assert "0.600 ± 0.100" in markdown_table(summary, [3])
+
+
+def test_feedback_optimizer_reports_gain_per_threshold(ray_2cpu, tmp_path):
+    from synthgen.api import SyntheticDataGenerator, create_synthetic_dataloader
+    from synthgen.feedback import FeedbackOptimizer
+
+    real = write_pairs(str(tmp_path / "real"), n=3, size=(40, 48), seed=1)
+    test = write_pairs(str(tmp_path / "test"), n=2, size=(40, 48), seed=2)
+    cfg = Config()
+    cfg.pix2pix.ngf = cfg.pix2pix.ndf = 4
+    gen = SyntheticDataGenerator("pix2pix", "cpu", image_size=32, config=cfg)
+    gen.train_pix2pix(create_synthetic_dataloader(*real, batch_size=2, image_size=32, repeats=2), num_epochs=1)
+    opt = FeedbackOptimizer({"steps": 3, "batch_size": 2, "width": 4}, gen)
+    report = opt.optimize_synthetic_generation(real, test, thresholds=(0.0, 0.99), num_variations=2,
+                                               out_dir=str(tmp_path / "fb"))
+    assert set(report["by_threshold"]) == {0.0, 0.99} and report["best_threshold"] in (0.0, 0.99)
+    low, high = report["by_threshold"][0.0], report["by_threshold"][0.99]
+    assert low["n_synthetic"] >= high["n_synthetic"] and low["n_synthetic"] > 0
+    assert 0.0 <= report["dice_real"] <= 1.0
+    assert low["gain"] == pytest.approx(low["dice"] - report["dice_real"])
