@@ -129,6 +129,42 @@ def busy_between(a, b) -> float | None:
     return round((b[0] - a[0]) / (b[1] - a[1]), 3)
 
 
+def process_ticks() -> dict[int, tuple[int, int]] | None:
+    """pid -> (parent pid, user + system clock ticks) of every process (Linux /proc), or None."""
+    if not os.path.isdir("/proc/self"):
+        return None
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)"
+            out[int(name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def foreign_cpu_s(before, after) -> float | None:
+    """CPU seconds that processes outside this benchmark's process tree (the driver, and Ray's
+    gcs_server/raylet/workers it started) used between two process_ticks() snapshots. Processes
+    that started and ended in between are not seen."""
+    if before is None or after is None:
+        return None
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in after.items():
+        children.setdefault(ppid, []).append(pid)
+    ours, stack = set(), [os.getpid()]
+    while stack:
+        pid = stack.pop()
+        if pid not in ours:
+            ours.add(pid)
+            stack += children.get(pid, [])
+    ticks = sum(t - (before[pid][1] if pid in before else 0) for pid, (_, t) in after.items() if pid not in ours)
+    return round(max(ticks, 0) / os.sysconf("SC_CLK_TCK"), 2)
+
+
 def self_cpu_s() -> float:
     import resource
     r = resource.getrusage(resource.RUSAGE_SELF)
@@ -309,11 +345,11 @@ def run_pipeline(cfg, log_dir: str) -> dict:
     generate_module.DatasetWriter, generate_module.GeneratorActor = TimedWriter, TimedGeneratorActor
     generate_module.build_pipeline = build
     try:
-        cpu0, self0 = machine_cpu(), self_cpu_s()
+        cpu0, self0, procs0 = machine_cpu(), self_cpu_s(), process_ticks()
         t0 = time.time()
         result = generate_module.generate(cfg)
         call_s = time.time() - t0
-        cpu1, self1 = machine_cpu(), self_cpu_s()
+        cpu1, self1, procs1 = machine_cpu(), self_cpu_s(), process_ticks()
     finally:
         generate_module.DatasetWriter, generate_module.GeneratorActor = base_writer, base_actor
         generate_module.build_pipeline = base_build
@@ -328,7 +364,8 @@ def run_pipeline(cfg, log_dir: str) -> dict:
         except Exception as e:  # noqa: BLE001 - stats are a diagnostic only
             stats = f"(no stats: {e})"
     return {"result": result, "call_s": call_s, "start": t0, "arrivals": arrivals, "events": events,
-            "stats": stats, "machine_cpu_busy": busy_between(cpu0, cpu1), "driver_cpu_s": round(self1 - self0, 2)}
+            "stats": stats, "machine_cpu_busy": busy_between(cpu0, cpu1), "driver_cpu_s": round(self1 - self0, 2),
+            "other_processes_cpu_s": foreign_cpu_s(procs0, procs1)}
 
 
 def actor_timing(events: list[dict], start: float, end: float) -> dict:
@@ -415,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
 
     before = machine_cpu()
     time.sleep(2.0)
-    idle_busy = busy_between(before, machine_cpu())
+    idle_busy = busy_between(before, machine_cpu())  # before ray.init: all of it is other processes
     if idle_busy is not None and idle_busy > 0.1:
         log(f"WARNING: {100 * idle_busy:.0f}% of the CPUs are busy before the benchmark starts (other "
             "processes?); the numbers will be skewed")
@@ -441,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(os.path.join(tmp.name, "out_warmup"), ignore_errors=True)
 
     # Baselines and stage profiles: one per size, at the thread count of a 1-actor run.
-    baseline, scorer_ms, stage_ms = {}, {}, {}
+    baseline, baseline_other, scorer_ms, stage_ms = {}, {}, {}, {}
     for size in args.sizes:
         cfg = generate_config(args, checkpoints[size], os.path.join(tmp.name, "unused"), 1)
         sources, _ = source_inputs(cfg)
@@ -449,9 +486,12 @@ def main(argv: list[str] | None = None) -> int:
         batch = args.batch_size * args.variations
         log(f"{size}px bare forward: {len(sources)} sources x {args.variations} = {len(sources) * args.variations} "
             f"samples, batch {batch}, {threads} thread(s), {'cuda' if args.gpu else 'cpu'} ...")
+        procs0 = process_ticks()
         b = bare_forward(checkpoints[size], sources, args.variations, batch, threads, "cuda" if args.gpu else "cpu")
         baseline[size] = b["samples_per_s"]
-        log(f"{size}px bare forward: {b['samples_per_s']:.2f} samples/s ({b['seconds']:.1f}s)")
+        baseline_other[str(size)] = foreign_cpu_s(procs0, process_ticks())
+        log(f"{size}px bare forward: {b['samples_per_s']:.2f} samples/s ({b['seconds']:.1f}s; other processes' "
+            f"CPU meanwhile {baseline_other[str(size)]}s)")
         prof = stage_profile(cfg, sources, channels, threads)
         scorer_ms[str(size)] = prof["assess_quality"]
         stage_ms[str(size)] = prof
@@ -504,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
             "first_output_s": round(arrivals[0][0] - r["start"], 2) if arrivals else None,
             "generate_call_s": round(r["call_s"], 2),
             "machine_cpu_busy": r["machine_cpu_busy"], "driver_cpu_s": r["driver_cpu_s"],
+            "other_processes_cpu_s": r["other_processes_cpu_s"],
         })
         if threads_seen and not args.gpu and threads_seen != [row["threads_per_actor"]]:
             row["threads_per_actor"] = threads_seen if len(threads_seen) > 1 else threads_seen[0]
@@ -513,7 +554,8 @@ def main(argv: list[str] | None = None) -> int:
             f"samples/s; first render at {row['actor_start_s']}s (in the actor: imports {row['actor_import_s']}s, "
             f"checkpoint load {row['actor_load_s']}s), "
             f"first block written at {row['first_output_s']}s, actors busy {row['actor_busy']}; machine CPU busy "
-            f"{row['machine_cpu_busy']}, driver CPU {row['driver_cpu_s']}s")
+            f"{row['machine_cpu_busy']}, driver CPU {row['driver_cpu_s']}s, other processes' CPU "
+            f"{row['other_processes_cpu_s']}s")
         if r["stats"]:
             log(f"[{i}/{len(runs)}]   Ray Data stats:\n{r['stats']}")
         shutil.rmtree(out, ignore_errors=True)
@@ -524,7 +566,8 @@ def main(argv: list[str] | None = None) -> int:
               "cpus": args.cpus, "python": platform.python_version(), "model": "pix2pix ngf=ndf=64 (untrained)",
               "data": args.data or "isbi2012 sample", "pairs": len(pairs), "num_variations": args.variations,
               "batch_size": args.batch_size, "threshold": args.threshold, "idle_cpu_busy_before": idle_busy,
-              "wall_s": round(time.time() - started, 1), "results": results,
+              "wall_s": round(time.time() - started, 1), "baseline_other_processes_cpu_s": baseline_other,
+              "results": results,
               "scorer_ms_per_sample": scorer_ms, "stage_ms_per_sample": stage_ms}
     line = json.dumps(report)
     json_out.write(line + "\n")

@@ -11,6 +11,7 @@ and 'real + synthetic' differ only in what the batches hold. Plain PyTorch/NumPy
 """
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -237,6 +238,7 @@ def train_segmenter(data: torch.utils.data.Dataset, steps: int, batch_size: int 
                     precision: str = "auto") -> SegmentationUNet:
     """Train a SegmentationUNet for exactly `steps` Adam steps (a fixed budget makes conditions comparable).
 
+    Loss: BCE-with-logits + soft Dice. lr: Adam's initial rate, decayed to 0 by a cosine over `steps`.
     Batches walk through seeded permutations of `data`, cycling as needed. Same seed, data and machine
     -> identical weights. log_every: print loss and s/step every N steps (0 = silent). precision: 'fp32',
     'bf16' (autocast) or 'auto' (see _dtype). Returns the model in eval mode.
@@ -264,6 +266,10 @@ def train_segmenter(data: torch.utils.data.Dataset, steps: int, batch_size: int 
         with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(x)
         loss = _loss(logits, y)
+        # Cosine decay to 0 over the budget: with a constant rate the test Dice of the final weights swung
+        # by up to 0.3 from one 100-step checkpoint to the next on ISBI, drowning the condition effects.
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * (step - 1) / steps))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -138,7 +138,9 @@ def trained(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the autouse one-thread fixture is function-scoped: it runs after this one
     try:
-        model = train_segmenter(SegmentationData(train, 32, augment="crop", length=480), steps=60, width=8, lr=3e-3)
+        # fp32 pinned so the numbers below do not depend on whether this CPU picks bf16 ('auto').
+        model = train_segmenter(SegmentationData(train, 32, augment="crop", length=480), steps=60, width=8,
+                                lr=3e-3, precision="fp32")
     finally:
         torch.set_num_threads(threads)
     return model, train, test
@@ -167,6 +169,8 @@ def test_training_is_seeded():
     c = train_segmenter(data, steps=3, batch_size=4, width=4, seed=2)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
+    with pytest.raises(ValueError, match="unknown precision"):
+        train_segmenter(data, steps=1, precision="fp16")
 
 
 def test_predict_any_size(trained):
