@@ -38,6 +38,7 @@ GENERATE_FLAGS = {
     "--variations": "generate.variations", "--threshold": "generate.threshold", "--weights": "generate.weights",
     "--batch-size": "generate.batch_size", "--seed": "generate.seed", "--precision": "generate.precision",
     "--cpus-per-actor": "generate.cpus_per_actor", "--shard-rows": "generate.shard_rows",
+    "--segmenter": "generate.segmenter", "--segmenter-steps": "generate.segmenter_steps",
 }
 GENERATE_SWITCHES = {"--gpu": "generate.gpu", "--keep-rejected": "generate.keep_rejected"}
 EVALUATE_FLAGS = {

@@ -196,6 +196,13 @@ class GenerateConfig:
     """Write rejected candidates under rejected/ (PNG) for inspection."""
     shard_rows: int = 512
     """Rows per Parquet shard."""
+    segmenter: str = ""
+    """Label fidelity: '' off; 'auto' trains a segmenter on the sources' real pairs first; or a
+    directory saved by synthgen.segment.save_segmenter. Each candidate then gets label_fidelity = IoU
+    of the segmenter's prediction on the generated image with its mask (weight it with
+    `label_fidelity=...` in weights)."""
+    segmenter_steps: int = 300
+    """Training steps of the 'auto' segmenter (batch 8)."""
 
 
 @dataclass

@@ -129,10 +129,13 @@ def make_variation_groups(batch: dict, num_variations: int, kinds: list[str], se
 class GeneratorActor:
     """Loads the checkpoint(s) once per actor and renders every candidate of a batch of groups."""
 
-    def __init__(self, checkpoints: dict[str, str], gpu: bool, precision: str):
+    def __init__(self, checkpoints: dict[str, str], gpu: bool, precision: str, segmenter: str = ""):
+        from synthgen.segment import load_segmenter
+
         self.device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
         self.models = {name: load_checkpoint(path, self.device).nets for name, path in checkpoints.items()}
         self.precision = precision
+        self.segmenter = load_segmenter(segmenter, self.device) if segmenter else None
 
     def _render(self, name: str, inputs: torch.Tensor, seeds: np.ndarray) -> np.ndarray:
         nets = self.models[name]
@@ -157,7 +160,13 @@ class GeneratorActor:
                            for m, sg, sd in zip(masks, sigmas, seeds)])
         inputs_t = torch.from_numpy(inputs).unsqueeze(1).to(self.device)
         for name in self.models:
-            batch[f"generated_{name}"] = self._render(name, inputs_t, seeds).reshape(b, n, s, s, -1)
+            images = self._render(name, inputs_t, seeds)
+            batch[f"generated_{name}"] = images.reshape(b, n, s, s, -1)
+            if self.segmenter is not None:
+                from synthgen.segment import label_fidelity
+
+                batch[f"label_fidelity_{name}"] = np.array(
+                    label_fidelity(self.segmenter, list(images), list(masks), s), np.float64).reshape(b, n)
         return batch
 
 
@@ -167,7 +176,7 @@ def score_groups(batch: dict, weights: dict[str, float], threshold: float, model
     mode, and explode groups into candidate rows with accepted / reject_reason."""
     rows: dict[str, list] = {k: [] for k in ("id", "source_id", "image", "mask", "height", "width", "model",
                                              "variation", "params", "seed", "ssim", "iou", "edges", "diversity",
-                                             "overall_quality", "accepted", "reject_reason")}
+                                             "label_fidelity", "overall_quality", "accepted", "reject_reason")}
     for g in range(len(batch["source_id"])):
         has_image = bool(batch["has_image"][g])
         w = weights if has_image else {k: v for k, v in weights.items() if k != "ssim"}
@@ -176,8 +185,10 @@ def score_groups(batch: dict, weights: dict[str, float], threshold: float, model
         for name in models:
             images = list(batch[f"generated_{name}"][g])
             for v, img in enumerate(images):
+                fidelity = batch.get(f"label_fidelity_{name}")
                 sc = assess_quality(img, batch["var_mask"][g][v], batch["ref_image"][g][v] if has_image else None,
-                                    images[:v] + images[v + 1:], w, source_mask=batch["ref_mask"][g][v])
+                                    images[:v] + images[v + 1:], w, source_mask=batch["ref_mask"][g][v],
+                                    extra=None if fidelity is None else {"label_fidelity": float(fidelity[g][v])})
                 if len(best) <= v:
                     best.append((sc["overall_quality"], name, sc, img))
                 elif sc["overall_quality"] > best[v][0]:
@@ -197,7 +208,7 @@ def score_groups(batch: dict, weights: dict[str, float], threshold: float, model
             rows["variation"].append(KINDS[int(batch["kind"][g][v])])
             rows["params"].append(json.dumps(params[v], sort_keys=True))
             rows["seed"].append(int(batch["seed"][g][v]))
-            for m in ("ssim", "iou", "edges", "diversity"):
+            for m in ("ssim", "iou", "edges", "diversity", "label_fidelity"):
                 rows[m].append(float(sc.get(m, float("nan"))))
             rows["overall_quality"].append(float(overall))
             rows["accepted"].append(reason is None)
@@ -237,7 +248,8 @@ def _checkpoints(g: GenerateConfig) -> tuple[dict[str, str], LoadedCheckpoint]:
     return {"pix2pix": main_dir, "vae": vae_dir}, main
 
 
-def build_pipeline(sources: list[Source], cfg: Config, checkpoints: dict[str, str], channels: int) -> "ray.data.Dataset":
+def build_pipeline(sources: list[Source], cfg: Config, checkpoints: dict[str, str], channels: int,
+                   segmenter: str = "") -> "ray.data.Dataset":
     g = cfg.generate
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # byte-identical outputs for a seed
@@ -253,11 +265,35 @@ def build_pipeline(sources: list[Source], cfg: Config, checkpoints: dict[str, st
     actor_resources = {"num_gpus": 1} if g.gpu else {"num_cpus": g.cpus_per_actor}
     ds = ds.map_batches(GeneratorActor, batch_size=g.batch_size,
                         compute=ray.data.ActorPoolStrategy(min_size=g.actors_min, max_size=g.actors_max),
-                        fn_constructor_kwargs={"checkpoints": checkpoints, "gpu": g.gpu, "precision": g.precision},
+                        fn_constructor_kwargs={"checkpoints": checkpoints, "gpu": g.gpu, "precision": g.precision,
+                                               "segmenter": segmenter},
                         **actor_resources)
     return ds.map_batches(score_groups, batch_size=g.batch_size, num_cpus=0.25,
                           fn_kwargs={"weights": parse_weights(g.weights), "threshold": g.threshold,
                                      "models": list(checkpoints)})
+
+
+def fidelity_segmenter(g: GenerateConfig, sources: list[Source], out_tmp: str) -> str:
+    """'' (off), a given segmenter directory (checked), or one trained now on the sources' real pairs
+    ('auto', saved into the dataset under segmenter/ so the scores can be reproduced)."""
+    from synthgen.segment import SegmentationData, load_segmenter, save_segmenter, train_segmenter
+
+    if not g.segmenter:
+        return ""
+    if g.segmenter != "auto":
+        try:
+            load_segmenter(g.segmenter)
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+        return os.path.abspath(g.segmenter)
+    real = [(s.image, s.mask) for s in sources if s.image is not None]
+    if not real:
+        raise ConfigError("--segmenter auto needs sources with real images (the training pairs or --images)")
+    size = sources[0].mask.shape[0]
+    print(f"training the label-fidelity segmenter on {len(real)} real tiles ({g.segmenter_steps} steps)", flush=True)
+    model = train_segmenter(SegmentationData(real, size, "classic", seed=g.seed, length=g.segmenter_steps * 8),
+                            g.segmenter_steps, 8, seed=g.seed)
+    return save_segmenter(model, os.path.join(out_tmp, "segmenter"))
 
 
 @dataclass
@@ -278,9 +314,11 @@ def generate(cfg: Config, overwrite: bool = False) -> GenerateResult:
     t0 = time.time()
     g = cfg.generate
     try:
-        parse_weights(g.weights)
+        weights = parse_weights(g.weights)
     except ValueError as e:
         raise ConfigError(f"generate.weights: {e}") from None
+    if weights.get("label_fidelity") and not g.segmenter:
+        raise ConfigError("generate.weights uses label_fidelity but no segmenter is set (--segmenter auto|DIR)")
     checkpoints, main = _checkpoints(g)
     if g.gpu and not torch.cuda.is_available():
         raise ConfigError("--gpu given but CUDA is not available on this machine")
@@ -291,7 +329,8 @@ def generate(cfg: Config, overwrite: bool = False) -> GenerateResult:
     with writer:
         if not ray.is_initialized():
             ray.init(include_dashboard=False, configure_logging=False)
-        ds = build_pipeline(sources, cfg, checkpoints, main.channels)
+        segmenter = fidelity_segmenter(g, sources, writer.tmp)
+        ds = build_pipeline(sources, cfg, checkpoints, main.channels, segmenter)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             writer.add(batch)
         seconds = time.time() - t0

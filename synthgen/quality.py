@@ -35,7 +35,7 @@ from skimage.segmentation import find_boundaries
 
 from synthgen.config import GenerateConfig
 
-METRICS = ("ssim", "iou", "edges", "diversity")
+METRICS = ("ssim", "iou", "edges", "diversity", "label_fidelity")
 """Metric names a weight may refer to (the keys assess_quality returns, besides overall_quality)."""
 
 
@@ -163,7 +163,7 @@ def rejection_reason(scores: dict[str, float], weights: dict[str, float], thresh
 
 def assess_quality(sample: np.ndarray, reference_mask: np.ndarray, reference_image: np.ndarray | None = None,
                    others: list[np.ndarray] | None = None, weights: dict[str, float] | None = None,
-                   source_mask: np.ndarray | None = None) -> dict[str, float]:
+                   source_mask: np.ndarray | None = None, extra: dict[str, float] | None = None) -> dict[str, float]:
     """Score one generated sample; returns ssim, iou, edges, diversity and overall_quality.
 
     With a `Variation` v from synthgen.variations, call
@@ -189,6 +189,7 @@ def assess_quality(sample: np.ndarray, reference_mask: np.ndarray, reference_ima
     others = others or []
     scores["diversity"] = (float(np.mean([histogram_distance(sample, o) for o in others]))
                            if others else 0.0)
+    scores.update(extra or {})  # metrics computed elsewhere, e.g. label_fidelity by the generator actor
     scores["overall_quality"] = overall_score(scores, weights)
     return scores
 

@@ -343,3 +343,33 @@ def load_items(images_dir: str, masks_dir: str, invert_mask: bool,
     pairs = find_pairs(images_dir, masks_dir)
     channels = channels if channels is not None else image_channels(pairs)
     return [(load_image(p.image, channels), load_mask(p.mask, invert_mask)) for p in pairs]
+
+
+def save_segmenter(model: SegmentationUNet, directory: str) -> str:
+    """Weights as safetensors + constructor arguments as JSON (no pickle)."""
+    import json
+    import os
+
+    from safetensors.torch import save_file
+
+    os.makedirs(directory, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+              os.path.join(directory, "segmenter.safetensors"))
+    with open(os.path.join(directory, "segmenter.json"), "w") as f:
+        json.dump(model.config, f)
+    return directory
+
+
+def load_segmenter(directory: str, device: str | torch.device = "cpu") -> SegmentationUNet:
+    import json
+    import os
+
+    from safetensors.torch import load_file
+
+    try:
+        with open(os.path.join(directory, "segmenter.json")) as f:
+            model = SegmentationUNet(**json.load(f))
+        model.load_state_dict(load_file(os.path.join(directory, "segmenter.safetensors")))
+    except Exception as e:  # noqa: BLE001 - any failure means an unusable segmenter directory
+        raise ValueError(f"{directory}: not a usable segmenter ({type(e).__name__}: {str(e)[:200]})") from None
+    return model.to(device).eval()

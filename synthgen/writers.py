@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-METRICS = ("ssim", "iou", "edges", "diversity", "overall_quality")
+METRICS = ("ssim", "iou", "edges", "diversity", "label_fidelity", "overall_quality")
 SCHEMA = pa.schema([
     ("id", pa.string()), ("source_id", pa.string()),
     ("image", pa.binary()), ("mask", pa.binary()),          # PNG bytes; masks hold 0 and 255

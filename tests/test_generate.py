@@ -198,3 +198,19 @@ def test_bad_inputs_are_clear_errors(ray_2cpu, setup, tmp_path, capsys):
     assert rc == 2 and "nope" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="weights"):
         generate(_cfg(setup, str(tmp_path / "o"), weights="ssim=2,bogus=1"))
+
+
+def test_label_fidelity_from_an_auto_segmenter(ray_2cpu, setup, tmp_path):
+    weights = "ssim=0.3,iou=0.2,edges=0.2,diversity=0.1,label_fidelity=0.2"
+    with pytest.raises(ConfigError, match="segmenter"):
+        generate(_cfg(setup, str(tmp_path / "no"), weights=weights))
+    result = generate(_cfg(setup, str(tmp_path / "lf"), threshold=0.0, weights=weights, segmenter="auto",
+                           segmenter_steps=3))
+    fidelity = pq.read_table(os.path.join(result.out, "data")).column("label_fidelity").to_numpy()
+    assert len(fidelity) and np.all((fidelity >= 0) & (fidelity <= 1))
+    assert 0 <= _manifest(result.out)["score_means"]["label_fidelity"] <= 1
+    assert sorted(os.listdir(os.path.join(result.out, "segmenter"))) == ["segmenter.json", "segmenter.safetensors"]
+    # a saved segmenter can be reused by path
+    again = generate(_cfg(setup, str(tmp_path / "lf2"), threshold=0.0, weights=weights,
+                          segmenter=os.path.join(result.out, "segmenter")))
+    assert again.generated == result.generated
