@@ -20,7 +20,6 @@ import numpy as np
 import ray
 import torch
 
-from synthgen import plots
 from synthgen.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from synthgen.config import Config, ConfigError, GenerateConfig, VariationConfig
 from synthgen.data import DataError, find_masks, find_pairs, image_channels, load_image, load_mask
@@ -311,6 +310,8 @@ class GenerateResult:
 
 def generate(cfg: Config, overwrite: bool = False) -> GenerateResult:
     """Run the whole pipeline; the dataset appears at cfg.generate.out only when complete."""
+    from synthgen import plots  # here, not at the top: generator actors import this module, not matplotlib
+
     t0 = time.time()
     g = cfg.generate
     try:
