@@ -47,24 +47,9 @@ import warnings
 
 import numpy as np
 
-SAMPLE_TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "synthgen", "sample_data",
-                            "isbi2012", "train")
+from common import SAMPLE_TRAIN, csv_list as _csv, make_log  # noqa: E402
 
-
-def log(msg: str) -> None:
-    print(f"[bench_train {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _csv(kind):
-    def parse(s: str):
-        try:
-            values = [kind(v.strip()) for v in s.split(",") if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma list of {kind.__name__}, got {s!r}") from None
-        if not values:
-            raise argparse.ArgumentTypeError("empty list")
-        return values
-    return parse
+log = make_log("bench_train")
 
 
 def default_steps(image_size: int) -> int:
