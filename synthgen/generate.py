@@ -343,7 +343,9 @@ def generate(cfg: Config, overwrite: bool = False) -> GenerateResult:
             "counts": {"sources": len(sources), "generated": writer.generated, "accepted": writer.accepted,
                        "rejected": writer.generated - writer.accepted,
                        "rejected_by_reason": dict(sorted(writer.rejected_by_reason.items()))},
-            "score_means": {m: float(np.nanmean(v)) if v else None for m, v in writer.scores.items()},
+            # None for a metric that was not computed (e.g. label_fidelity without a segmenter): JSON has no NaN
+            "score_means": {m: float(np.nanmean(v)) if v and not np.all(np.isnan(v)) else None
+                            for m, v in writer.scores.items()},
             "run": {"seconds": round(seconds, 2), "samples_per_s": round(writer.generated / seconds, 2)},
         }
         out = writer.finish(manifest)

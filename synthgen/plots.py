@@ -122,7 +122,7 @@ def generate_summary_text(result, manifest: dict) -> str:
              f"accepted   {c['accepted']:>8}  ({100.0 * c['accepted'] / max(1, c['generated']):.0f}%)",
              f"rejected   {c['rejected']:>8}"]
     lines += [f"  {reason:<20}{n:>6}" for reason, n in c["rejected_by_reason"].items()]
-    lines.append("mean scores: " + "  ".join(f"{k} {v:.3f}" for k, v in manifest["score_means"].items() if v == v and v is not None))
+    lines.append("mean scores: " + "  ".join(f"{k} {v:.3f}" for k, v in manifest["score_means"].items() if v is not None))
     lines += ["-" * 64, f"dataset    {result.out}", f"quality    {os.path.join(result.out, 'quality.png')}", "=" * 64]
     return "\n".join(lines)
 

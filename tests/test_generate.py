@@ -64,8 +64,8 @@ def runs(ray_2cpu, setup):
 
 
 def _manifest(out: str) -> dict:
-    with open(os.path.join(out, "manifest.json")) as f:
-        return json.load(f)
+    with open(os.path.join(out, "manifest.json")) as f:  # strict JSON: NaN/Infinity are not JSON
+        return json.load(f, parse_constant=lambda c: pytest.fail(f"manifest.json holds {c}"))
 
 
 def test_counts_schema_and_png_round_trip(runs):
