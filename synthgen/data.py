@@ -112,7 +112,8 @@ def _decode_image(im: Image.Image, channels: int | None) -> np.ndarray:
     return np.asarray(im.convert("RGB")).copy()  # RGBA/palette/CMYK -> RGB drops alpha
 
 
-def _binarise(gray: np.ndarray, path: str, invert: bool) -> np.ndarray:
+def binarise_mask(gray: np.ndarray, path: str, invert: bool) -> np.ndarray:
+    """HxW gray -> {0,1} by the rules above; DataError naming `path` if it holds more than two values."""
     values = np.unique(gray)
     if len(values) > 2:
         raise DataError(
@@ -133,7 +134,7 @@ def load_image(path: str, channels: int | None = None) -> np.ndarray:
 
 def load_mask(path: str, invert: bool = False) -> np.ndarray:
     """HxW uint8 in {0, 1}: brighter of the (at most two) values is 1, unless `invert`."""
-    return _binarise(_gray_array(_open(path)), path, invert)
+    return binarise_mask(_gray_array(_open(path)), path, invert)
 
 
 def _is_colour(path: str) -> bool:
@@ -176,7 +177,7 @@ def _check(path: str, is_mask: bool, problems: list[str]) -> tuple[int, int] | N
     try:
         im = _open(path)
         if is_mask:
-            _binarise(_gray_array(im), path, invert=False)
+            binarise_mask(_gray_array(im), path, invert=False)
         return im.size
     except DataError as e:
         problems.extend(e.problems)

@@ -85,17 +85,14 @@ def _generator_config(cfg: Config, model: str, k: int, pairs_dir: tuple[str, str
 def train_generator_task(cfg_dict: dict) -> str:
     """Train one generator in-process on the pairs in cfg.data; returns its checkpoint directory."""
     import torch
-    from torch.utils.data import DataLoader
 
-    from synthgen.api import SyntheticDataGenerator
-    from synthgen.data import PairDataset
+    from synthgen.api import SyntheticDataGenerator, create_synthetic_dataloader
 
     torch.set_num_threads(1)
     cfg = Config.from_dict(cfg_dict)
-    ds = PairDataset(find_pairs(cfg.data.images, cfg.data.masks), cfg.data.image_size, cfg.data.invert_mask,
-                     repeats=cfg.data.repeats, seed=cfg.train.seed)
-    loader = DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(cfg.train.seed))
+    d = cfg.data
+    loader = create_synthetic_dataloader(d.images, d.masks, cfg.train.batch_size, d.image_size, d.invert_mask,
+                                         d.repeats, cfg.train.seed, min_pairs=1)
     gen = SyntheticDataGenerator(cfg.train.model, "cpu", config=cfg)
     t = cfg.train
     if t.model == "pix2pix":

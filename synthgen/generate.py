@@ -22,7 +22,8 @@ import torch
 
 from synthgen.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from synthgen.config import Config, ConfigError, GenerateConfig, VariationConfig
-from synthgen.data import DataError, find_masks, find_pairs, image_channels, load_image, load_mask
+from synthgen.data import (DataError, binarise_mask, find_masks, find_pairs, image_channels, load_image,
+                           load_mask)
 from synthgen.quality import assess_quality, parse_weights, rejection_reason
 from synthgen.variations import KINDS, add_input_noise, make_variation, variation_plan
 from synthgen.writers import DatasetWriter, decode_png, encode_png
@@ -79,11 +80,10 @@ def load_sources(g: GenerateConfig, model_cfg: Config, channels: int) -> list[So
                 gray = decode_png(data)
             except Exception as e:  # noqa: BLE001 - report which row is broken
                 raise DataError(f"{g.masks}: row '{sid}' mask is not a PNG ({e})") from None
-            values = np.unique(gray)
-            if len(values) > 2 or gray.ndim != 2:
-                raise DataError(f"{g.masks}: row '{sid}' mask is not binary ({len(values)} values)")
-            fg = gray == values[-1] if len(values) == 2 else np.full(gray.shape, values[0] > 0)
-            items.append((str(sid), (fg != invert).astype(np.uint8), None, f"{g.masks}[{sid}]"))
+            origin = f"{g.masks}[{sid}]"
+            if gray.ndim != 2:
+                raise DataError(f"{origin}: mask must be a gray PNG, got shape {gray.shape}")
+            items.append((str(sid), binarise_mask(gray, origin, invert), None, origin))
     elif g.masks and not g.images:
         for stem, path in find_masks(g.masks):
             items.append((stem, load_mask(path, invert), None, path))
