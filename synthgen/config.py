@@ -248,6 +248,57 @@ class EvaluateConfig:
 
 
 @dataclass
+class SearchConfig:
+    """`synthgen tune`: a Ray Tune search (Optuna TPE + ASHA) over any numeric or categorical key."""
+
+    model: str = ""
+    """'pix2pix', 'vae', or 'hybrid' (train.model becomes a searched choice of the two and the best trial
+    of each model is written, since hybrid generation takes one checkpoint of each); '' = train.model."""
+    out: str = "runs/tune"
+    """Search directory: Ray Tune state, one folder per trial, trials.csv/md, plot, best configs."""
+    trials: int = 12
+    """Trials (sampled configurations) in the search."""
+    max_concurrent: int = 0
+    """Trials run at once; 0 = as many as the free CPUs (GPUs) allow."""
+    workers_per_trial: int = 1
+    """1 = each trial trains in its own Tune actor; > 1 = each trial runs a data-parallel Ray Train
+    TorchTrainer with this many workers (needs Ray's state API, i.e. a dashboard, to free the
+    resources of trials ASHA stops)."""
+    gpus_per_trial: float = 0.0
+    """GPUs per trial, split evenly over its workers (fractions let small trials share a GPU)."""
+    objective: str = "val_ssim"
+    """What the search optimises, measured on the validation pairs after every epoch: val_ssim,
+    val_l1, quality (generate.weights score without diversity), label_fidelity (IoU of a segmenter
+    trained on the real training pairs, run on generated images) or dice_gain (a segmenter trained on
+    real + generated pairs vs on real pairs alone; costs seg_steps steps per epoch)."""
+    mode: str = ""
+    """'max' or 'min'; '' = the objective's own direction (min for val_l1, max otherwise)."""
+    val_images: str = ""
+    """Held-out validation images for the objective; '' = hold out data.val_pairs training pairs."""
+    val_masks: str = ""
+    scheduler: str = "asha"
+    """'asha' (stop trials that fall behind at epochs grace_period, grace_period * reduction_factor,
+    ...) or 'fifo' (every trial runs all train.epochs)."""
+    grace_period: int = 1
+    """Epochs every trial runs before ASHA may stop it."""
+    reduction_factor: int = 2
+    """ASHA keeps the best 1/reduction_factor of the trials at each rung."""
+    space: dict = field(default_factory=dict)
+    """Search space: config key -> distribution, e.g. {'pix2pix.lambda_l1': 'loguniform(10, 300)',
+    'pix2pix.gan_mode': 'choice(lsgan, hinge)'}; distributions are loguniform(lo, hi), uniform(lo, hi),
+    int(lo, hi) (inclusive) and choice(a, b, ...). Empty = the model's default space (see search.py).
+    On the command line: --space "pix2pix.lambda_l1=loguniform(10,300);train.lr=loguniform(1e-5,1e-3)"."""
+    seg_steps: int = 150
+    """Segmenter training steps for the label_fidelity and dice_gain objectives."""
+    val_tiles: int = 16
+    """Validation tiles (data.image_size) the objective is measured on, cut from the validation pairs."""
+    seed: int = 0
+    """Seeds the Optuna sampler (trials themselves use train.seed)."""
+    resume: bool = False
+    """Continue an interrupted search in `out` (Tuner.restore) instead of starting a new one."""
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     pix2pix: Pix2PixConfig = field(default_factory=Pix2PixConfig)
@@ -256,6 +307,7 @@ class Config:
     variations: VariationConfig = field(default_factory=VariationConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tune: SearchConfig = field(default_factory=SearchConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -330,16 +382,30 @@ class Config:
             (p.gan_mode in ("vanilla", "lsgan", "hinge"), "pix2pix.gan_mode must be vanilla, lsgan or hinge"),
             (p.upsample in ("resize", "transpose"), "pix2pix.upsample must be resize or transpose"),
             (p.lambda_l1 >= 0, "pix2pix.lambda_l1 must be >= 0"),
-            (all(a in ("color", "translation", "cutout") for a in _split(p.diffaug)),
+            (all(a in ("color", "translation", "cutout") for a in split_list(p.diffaug)),
              "pix2pix.diffaug is a comma list of color, translation, cutout"),
             (self.vae.latent_dim >= 1 and self.vae.beta >= 0, "vae.latent_dim >= 1 and vae.beta >= 0"),
             (dt.val_pairs >= 0 and dt.repeats >= 1, "data.val_pairs >= 0 and data.repeats >= 1"),
             (dt.min_pairs >= dt.val_pairs + 1, "data.min_pairs must leave at least one training pair"),
-        ] + self._generate_checks()
+        ] + self._generate_checks() + self._search_checks()
         errors = [msg for ok, msg in checks if not ok]
         if errors:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
 
+    def _search_checks(self) -> list[tuple[bool, str]]:
+        s = self.tune
+        return [
+            (s.model in ("", "pix2pix", "vae", "hybrid"), "tune.model must be pix2pix, vae or hybrid"),
+            (s.trials >= 1, "tune.trials must be >= 1"),
+            (s.max_concurrent >= 0 and s.workers_per_trial >= 1 and s.gpus_per_trial >= 0,
+             "tune: max_concurrent >= 0, workers_per_trial >= 1, gpus_per_trial >= 0"),
+            (s.objective in OBJECTIVES, f"tune.objective must be one of {', '.join(OBJECTIVES)}"),
+            (s.mode in ("", "max", "min"), "tune.mode must be max, min or '' (the objective's direction)"),
+            (s.scheduler in ("asha", "fifo"), "tune.scheduler must be asha or fifo"),
+            (s.grace_period >= 1 and s.reduction_factor >= 2, "tune: grace_period >= 1, reduction_factor >= 2"),
+            (s.seg_steps >= 1 and s.val_tiles >= 1, "tune: seg_steps >= 1 and val_tiles >= 1"),
+            (bool(s.val_images) == bool(s.val_masks), "tune.val_images and tune.val_masks go together"),
+        ]
 
     def _generate_checks(self) -> list[tuple[bool, str]]:
         g, v = self.generate, self.variations
@@ -347,7 +413,7 @@ class Config:
         return [
             (g.model in ("", "pix2pix", "vae", "hybrid"), "generate.model must be pix2pix, vae or hybrid"),
             (g.num_variations >= 1, "generate.num_variations must be >= 1"),
-            (bool(_split(g.variations)) and all(k in kinds for k in _split(g.variations)),
+            (bool(split_list(g.variations)) and all(k in kinds for k in split_list(g.variations)),
              "generate.variations is a comma list of " + ", ".join(kinds)),
             (1 <= g.actors_min <= g.actors_max, "need 1 <= generate.actors_min <= generate.actors_max"),
             (g.batch_size >= 1 and g.shard_rows >= 1, "generate.batch_size and shard_rows must be >= 1"),
@@ -364,8 +430,12 @@ class Config:
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
+OBJECTIVES = {"val_ssim": "max", "val_l1": "min", "quality": "max", "label_fidelity": "max", "dice_gain": "max"}
+"""Search objectives and their direction (computed in synthgen/objectives.py)."""
 
-def _split(s: str) -> list[str]:
+
+def split_list(s: str) -> list[str]:
+    """"a, b,,c" -> ["a", "b", "c"]."""
     return [a.strip() for a in s.split(",") if a.strip()]
 
 
@@ -376,6 +446,9 @@ def _set(cfg: Config, dotted: str, value: Any, source: str) -> None:
     if key not in names:
         raise ConfigError(f"{source}: unknown key '{dotted}'")
     default = getattr(obj, key)
+    if isinstance(default, dict):
+        setattr(obj, key, _mapping(dotted, value, source))
+        return
     if value is None or isinstance(value, (list, dict)):
         raise ConfigError(f"{source}: '{dotted}' must be a single {type(default).__name__} value, got {value!r}")
     try:
@@ -396,3 +469,15 @@ def _set(cfg: Config, dotted: str, value: Any, source: str) -> None:
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: '{dotted}' must be {type(default).__name__}, got {value!r}") from None
     setattr(obj, key, value)
+
+
+def _mapping(dotted: str, value: Any, source: str) -> dict[str, str]:
+    """A str -> str mapping from YAML, or from 'key=value;key=value' on the command line."""
+    if isinstance(value, str):
+        items = [item.partition("=") for item in value.split(";") if item.strip()]
+        if any(not sep or not k.strip() for k, sep, _ in items):
+            raise ConfigError(f"{source}: '{dotted}' takes 'key=value;key=value', got {value!r}")
+        value = {k.strip(): v.strip() for k, _, v in items}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"{source}: '{dotted}' must be a mapping of config keys to values, got {value!r}")
+    return {k: str(v) for k, v in value.items()}

@@ -252,6 +252,31 @@ def split_pairs(pairs: list[Pair], val_pairs: int) -> tuple[list[Pair], list[Pai
     return ordered[:cut], ordered[cut:]
 
 
+@dataclass
+class Source:
+    id: str
+    mask: np.ndarray                # SxS uint8 {0,1}
+    image: np.ndarray | None        # SxSxC uint8, the real image when known (SSIM reference)
+
+
+def tiles(source_id: str, mask: np.ndarray, image: np.ndarray | None, size: int, origin: str) -> list[Source]:
+    """Cut a mask (and its image) into size x size tiles covering it; the last row/column of tiles is
+    aligned to the far edge, so nothing is dropped. A source smaller than `size` is an error."""
+    h, w = mask.shape
+    if h < size or w < size:
+        raise DataError(f"{origin}: mask is {w}x{h} px, smaller than the checkpoint's {size}x{size} training "
+                        "size (checkpoint/mask size mismatch)")
+    ys = sorted(set(list(range(0, h - size + 1, size)) + [h - size]))
+    xs = sorted(set(list(range(0, w - size + 1, size)) + [w - size]))
+    out = []
+    for y in ys:
+        for x in xs:
+            tid = source_id if len(ys) * len(xs) == 1 else f"{source_id}_y{y}x{x}"
+            crop = None if image is None else image[y:y + size, x:x + size]
+            out.append(Source(tid, mask[y:y + size, x:x + size], crop))
+    return out
+
+
 def fit_to_size(image: np.ndarray, mask: np.ndarray, size: int,
                 name: str = "image") -> tuple[np.ndarray, np.ndarray]:
     """Upscale so the short side equals `size` when either side is smaller (image bilinear, mask nearest)."""

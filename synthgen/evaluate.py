@@ -22,7 +22,7 @@ import time
 import numpy as np
 import ray
 
-from synthgen.config import Config, ConfigError
+from synthgen.config import Config, ConfigError, split_list
 from synthgen.data import DataError, Pair, find_pairs
 
 REAL_CONDITIONS = ("real", "classic")
@@ -184,7 +184,7 @@ def run_evaluation(cfg: Config) -> dict:
     test = find_pairs(e.test_images, e.test_masks)
     check_no_leakage(real, test)
     ks = _parse_ks(e.k, len(real))
-    conditions = [c.strip() for c in e.conditions.split(",") if c.strip()]
+    conditions = split_list(e.conditions)
     unknown = set(conditions) - set(REAL_CONDITIONS + GENERATED_CONDITIONS)
     if unknown or e.seeds < 1:
         raise ConfigError(f"evaluate: unknown condition(s) {sorted(unknown)} or seeds < 1")

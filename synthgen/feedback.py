@@ -31,6 +31,19 @@ class SegmenterSettings:
     seeds: tuple[int, ...] = field(default=(0,))
 
 
+def segmenter_dice(real_items, test_items, synthetic, size: int, settings: SegmenterSettings) -> float:
+    """Mean test Dice over `settings.seeds` of segmenters trained on real pairs (classic augmentation)
+    plus, when given, `synthetic` items ({"image", "mask"} tensors) at settings.synthetic_fraction."""
+    s, scores = settings, []
+    for seed in s.seeds:
+        data = SegmentationData(real_items, size, "classic", synthetic,
+                                s.synthetic_fraction if synthetic is not None else 0.0, seed,
+                                length=s.steps * s.batch_size)
+        model = train_segmenter(data, s.steps, s.batch_size, seed=seed, width=s.width)
+        scores.append(evaluate_segmenter(model, test_items, size)["dice"])
+    return float(np.mean(scores))
+
+
 class FeedbackOptimizer:
     """Pick the generation setting (here: the acceptance threshold) that helps a segmenter most."""
 
@@ -39,24 +52,14 @@ class FeedbackOptimizer:
         self.settings = s if isinstance(s, SegmenterSettings) else SegmenterSettings(**s)
         self.generator = generator  # a SyntheticDataGenerator with trained weights
 
-    def _dice(self, real_items, test_items, synthetic, size: int) -> float:
-        s, scores = self.settings, []
-        for seed in s.seeds:
-            data = SegmentationData(real_items, size, "classic", synthetic,
-                                    s.synthetic_fraction if synthetic is not None else 0.0, seed,
-                                    length=s.steps * s.batch_size)
-            model = train_segmenter(data, s.steps, s.batch_size, seed=seed, width=s.width)
-            scores.append(evaluate_segmenter(model, test_items, size)["dice"])
-        return float(np.mean(scores))
-
     def downstream_gain(self, synthetic_dir: str, real_data: tuple[str, str], test_data: tuple[str, str],
                         invert_mask: bool, size: int, min_score: float | None = None) -> dict[str, float]:
         """Dice with and without the synthetic set (filtered at `min_score`), and their difference."""
         real_items = load_items(*real_data, invert_mask)
         test_items = load_items(*test_data, invert_mask)
         synthetic = load_synthetic_dataset(synthetic_dir, min_score)
-        base = self._dice(real_items, test_items, None, size)
-        with_syn = self._dice(real_items, test_items, synthetic if len(synthetic) else None, size)
+        base = segmenter_dice(real_items, test_items, None, size, self.settings)
+        with_syn = segmenter_dice(real_items, test_items, synthetic if len(synthetic) else None, size, self.settings)
         return {"dice_real": base, "dice_synthetic": with_syn, "gain": with_syn - base, "n_synthetic": len(synthetic)}
 
     def optimize_synthetic_generation(self, real_data: tuple[str, str], test_data: tuple[str, str],
@@ -74,11 +77,11 @@ class FeedbackOptimizer:
         self.generator.generate_synthetic_data(real_data[1], num_variations, synthetic_dir, overwrite=True,
                                                images=real_data[0], threshold=-1.0, png=False, **generate)
         real_items, test_items = load_items(*real_data, invert), load_items(*test_data, invert)
-        base = self._dice(real_items, test_items, None, size)
+        base = segmenter_dice(real_items, test_items, None, size, self.settings)
         table = {}
         for t in thresholds:
             synthetic = load_synthetic_dataset(synthetic_dir, t)
-            dice = self._dice(real_items, test_items, synthetic, size) if len(synthetic) else base
+            dice = segmenter_dice(real_items, test_items, synthetic, size, self.settings) if len(synthetic) else base
             table[t] = {"dice": dice, "gain": dice - base, "n_synthetic": len(synthetic)}
         best = max(table, key=lambda t: table[t]["gain"])
         return {"dice_real": base, "by_threshold": table, "best_threshold": best, "best_gain": table[best]["gain"]}

@@ -21,19 +21,13 @@ import ray
 import torch
 
 from synthgen.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
-from synthgen.config import Config, ConfigError, GenerateConfig, VariationConfig
-from synthgen.data import (DataError, binarise_mask, find_masks, find_pairs, image_channels, load_image,
-                           load_mask)
+from synthgen.config import Config, ConfigError, GenerateConfig, VariationConfig, split_list
+from synthgen.data import (DataError, Source, binarise_mask, find_masks, find_pairs, image_channels,
+                           load_image, load_mask, tiles)
 from synthgen.quality import assess_quality, parse_weights, rejection_reason
+from synthgen.steps import render_seeded
 from synthgen.variations import KINDS, add_input_noise, make_variation, variation_plan
 from synthgen.writers import DatasetWriter, decode_png, encode_png
-
-
-@dataclass
-class Source:
-    id: str
-    mask: np.ndarray                # SxS uint8 {0,1}
-    image: np.ndarray | None        # SxSxC uint8, the real image when known (SSIM reference)
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -42,24 +36,6 @@ def resolve_checkpoint(path: str) -> str:
         raise ConfigError("generate needs --checkpoint DIR (a `synthgen train` run or its model/ directory)")
     model_dir = os.path.join(path, "model")
     return model_dir if os.path.isfile(os.path.join(model_dir, "state.json")) else path
-
-
-def tiles(source_id: str, mask: np.ndarray, image: np.ndarray | None, size: int, origin: str) -> list[Source]:
-    """Cut a mask (and its image) into size x size tiles covering it; the last row/column of tiles is
-    aligned to the far edge, so nothing is dropped. A source smaller than `size` is an error."""
-    h, w = mask.shape
-    if h < size or w < size:
-        raise DataError(f"{origin}: mask is {w}x{h} px, smaller than the checkpoint's {size}x{size} training "
-                        "size (checkpoint/mask size mismatch)")
-    ys = sorted(set(list(range(0, h - size + 1, size)) + [h - size]))
-    xs = sorted(set(list(range(0, w - size + 1, size)) + [w - size]))
-    out = []
-    for y in ys:
-        for x in xs:
-            tid = source_id if len(ys) * len(xs) == 1 else f"{source_id}_y{y}x{x}"
-            crop = None if image is None else image[y:y + size, x:x + size]
-            out.append(Source(tid, mask[y:y + size, x:x + size], crop))
-    return out
 
 
 def load_sources(g: GenerateConfig, model_cfg: Config, channels: int) -> list[Source]:
@@ -137,19 +113,7 @@ class GeneratorActor:
         self.segmenter = load_segmenter(segmenter, self.device) if segmenter else None
 
     def _render(self, name: str, inputs: torch.Tensor, seeds: np.ndarray) -> np.ndarray:
-        nets = self.models[name]
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-            if "vae" in nets:
-                vae = nets["vae"].eval()
-                # one generator per candidate: its z depends on its own seed only, not on batching
-                z = torch.stack([torch.randn(vae.config["latent_dim"], generator=torch.Generator().manual_seed(int(s)))
-                                 for s in seeds]).to(self.device)
-                out = vae.decode(z, inputs)
-            else:
-                out = nets["generator"].eval()(inputs)
-        img = ((out.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return img.permute(0, 2, 3, 1).cpu().numpy()
+        return render_seeded(self.models[name], inputs, seeds, self.precision)
 
     def __call__(self, batch: dict) -> dict:
         b, n, s, _ = batch["var_mask"].shape
@@ -259,7 +223,7 @@ def build_pipeline(sources: list[Source], cfg: Config, checkpoints: dict[str, st
     n_blocks = max(1, -(-len(items) // g.batch_size))
     ds = ray.data.from_items(items, override_num_blocks=n_blocks)
     ds = ds.map_batches(make_variation_groups, batch_size=g.batch_size, num_cpus=0.25,
-                        fn_kwargs={"num_variations": g.num_variations, "kinds": [k.strip() for k in g.variations.split(",")],
+                        fn_kwargs={"num_variations": g.num_variations, "kinds": split_list(g.variations),
                                    "seed": g.seed, "vcfg": cfg.variations})
     actor_resources = {"num_gpus": 1} if g.gpu else {"num_cpus": g.cpus_per_actor}
     ds = ds.map_batches(GeneratorActor, batch_size=g.batch_size,

@@ -243,6 +243,25 @@ def render(nets: dict[str, nn.Module], masks: torch.Tensor, num_samples: int = 1
     return out.unsqueeze(1).expand(-1, num_samples, *out.shape[1:])
 
 
+def render_seeded(nets: dict[str, nn.Module], inputs: torch.Tensor, seeds: np.ndarray,
+                  precision: str = "fp32") -> np.ndarray:
+    """Generated images (B, H, W, C) uint8 for generator inputs (B,1,H,W) on the nets' device.
+
+    The VAE draws one z per row from a generator seeded by that row's seed, so an image depends on its
+    own seed only, never on how rows were batched; pix2pix is deterministic in eval mode."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    with torch.inference_mode(), torch.autocast(inputs.device.type, dtype=dtype, enabled=dtype is not None):
+        if "vae" in nets:
+            vae = unwrap(nets["vae"]).eval()
+            z = torch.stack([torch.randn(vae.config["latent_dim"], generator=torch.Generator().manual_seed(int(s)))
+                             for s in seeds]).to(inputs.device)
+            out = vae.decode(z, inputs)
+        else:
+            out = unwrap(nets["generator"]).eval()(inputs)
+    img = ((out.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return img.permute(0, 2, 3, 1).cpu().numpy()
+
+
 def validate(state: TrainState, val_batch: dict[str, torch.Tensor] | None) -> dict[str, float]:
     """SSIM and L1 of the generated image against the real one on held-out pairs (centre crops)."""
     if val_batch is None:

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import ray
 import ray.train
@@ -59,21 +60,25 @@ def _all_reduce_mean(metrics: dict[str, float], device: torch.device) -> dict[st
     return dict(zip(keys, t.tolist()))
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
-    """What every Ray Train worker runs: build, restore, then epoch / report / checkpoint."""
+def run_training(loop_config: dict, rank: int, world: int, device: torch.device, checkpoint,
+                 report: Callable[[dict, str | None], None], wrap: Callable = lambda net: net) -> None:
+    """Build, restore from `checkpoint` (a Ray Checkpoint or None), then per epoch: train, validate,
+    measure the search objective (rank 0, when loop_config has one) and `report(metrics, ckpt_dir)`.
+
+    Shared by Ray Train workers and `synthgen tune` trials; only how they report differs."""
     cfg = Config.from_dict(loop_config["config"])
     train_pairs, val_pairs = _pairs_from(loop_config["train_pairs"]), _pairs_from(loop_config["val_pairs"])
     channels = loop_config["channels"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-
     state = build_state(cfg, channels, device)
-    checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             restore_state(state, load_checkpoint(d, device, training_state=True))
-    state.nets = {name: prepare_model(net, move_to_device=False) for name, net in state.nets.items()}
+    state.nets = {name: wrap(net) for name, net in state.nets.items()}
+    objective = None
+    if loop_config.get("objective") and rank == 0:
+        from synthgen.objectives import ObjectiveEvaluator
+
+        objective = ObjectiveEvaluator(loop_config["objective"], cfg, channels, device)
 
     dataset = PairDataset(train_pairs, cfg.data.image_size, cfg.data.invert_mask, cfg.data.augment,
                           repeats=cfg.data.repeats, seed=cfg.train.seed, channels=channels)
@@ -89,6 +94,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         seed_epoch(cfg, epoch, rank)
         metrics = _all_reduce_mean(train_epoch(state, loader), device)
         metrics.update(validate(state, val_batch))
+        if objective is not None:
+            metrics.update(objective(state.nets))
         metrics["epoch"] = float(epoch + 1)
         state.epoch = epoch + 1
         state.history.append(metrics)
@@ -98,9 +105,46 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if due and rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 save_checkpoint(os.path.join(tmp, "ckpt"), state)
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(os.path.join(tmp, "ckpt")))
+                report(metrics, os.path.join(tmp, "ckpt"))
         else:
-            ray.train.report(metrics)
+            report(metrics, None)
+
+
+def _train_report(metrics: dict, checkpoint_dir: str | None) -> None:
+    ray.train.report(metrics, checkpoint=Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """What every Ray Train worker runs."""
+    ctx = ray.train.get_context()
+    run_training(loop_config, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(),
+                 ray.train.get_checkpoint(), _train_report, wrap=lambda net: prepare_model(net, move_to_device=False))
+
+
+def loop_config(cfg: Config, train_pairs: list[Pair], val_pairs: list[Pair], channels: int,
+                objective: dict | None = None) -> dict:
+    """The plain-values argument of run_training (it travels to Ray workers)."""
+    return {"config": cfg.to_dict(), "channels": channels, "objective": objective,
+            "train_pairs": [[p.stem, p.image, p.mask] for p in train_pairs],
+            "val_pairs": [[p.stem, p.image, p.mask] for p in val_pairs]}
+
+
+def torch_trainer(cfg: Config, config: dict, storage_path: str, callbacks: list | None = None,
+                  gpus_per_worker: float = 1.0) -> TorchTrainer:
+    """A TorchTrainer running train_loop_per_worker on train.workers workers (with train.gpu,
+    `gpus_per_worker` GPUs each: fractions let small search trials share a GPU)."""
+    t = cfg.train
+    return TorchTrainer(
+        train_loop_per_worker, train_loop_config=config,
+        torch_config=TorchConfig(backend="nccl" if t.gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.gpu,
+                                     resources_per_worker={"CPU": t.cpus_per_worker,
+                                                           **({"GPU": gpus_per_worker} if t.gpu else {})}),
+        run_config=RunConfig(name=RAY_RUN_NAME, storage_path=storage_path, callbacks=callbacks,
+                             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
+                             failure_config=FailureConfig(max_failures=t.max_failures),
+                             logging_config=LoggingConfig(log_level="WARNING")),
+    )
 
 
 @dataclass
@@ -154,24 +198,11 @@ def fit(cfg: Config, overwrite: bool = False, pairs: list[Pair] | None = None) -
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
     _check_resources(cfg)
-    t = cfg.train
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "channels": channels,
-                           "train_pairs": [[p.stem, p.image, p.mask] for p in train_pairs],
-                           "val_pairs": [[p.stem, p.image, p.mask] for p in val_pairs]},
-        torch_config=TorchConfig(backend="nccl" if t.gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.gpu,
-                                     resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.gpu else {})}),
-        run_config=RunConfig(name=RAY_RUN_NAME, storage_path=out,
-                             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
-                             failure_config=FailureConfig(max_failures=t.max_failures),
-                             logging_config=LoggingConfig(log_level="WARNING")),
-    )
+    trainer = torch_trainer(cfg, loop_config(cfg, train_pairs, val_pairs, channels), out)
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as e:
-        raise TrainError(f"training failed after {t.max_failures} restart(s): {e}") from None
+        raise TrainError(f"training failed after {cfg.train.max_failures} restart(s): {e}") from None
     if result.checkpoint is None:
         raise TrainError(f"{out}: training finished without a checkpoint")
     model_dir = os.path.join(out, "model")
