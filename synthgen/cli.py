@@ -1,8 +1,9 @@
-"""Command line: `synthgen train | generate | evaluate | demo`.
+"""Command line: `synthgen train | generate | evaluate | tune | demo`.
 
     synthgen demo                      # train + generate on the shipped ISBI 2012 sample -> runs/demo
     synthgen train --model vae --images imgs/ --masks masks/ --out runs/vae --epochs 50 --workers 2
     synthgen generate --checkpoint runs/vae --num-variations 16 --out runs/vae_synth --variations latent,elastic
+    synthgen tune --model pix2pix --images imgs/ --masks masks/ --trials 12 --epochs 6 --out runs/tune
 
 Every flag overrides the matching key of `--config run.yaml`, which overrides the defaults in
 `synthgen/config.py`. `--dry-run` prints the resolved config and exits.
@@ -50,6 +51,17 @@ EVALUATE_FLAGS = {
     "--num-variations": "evaluate.num_variations", "--threshold": "evaluate.threshold",
 }
 EVALUATE_SWITCHES = {"--invert-mask": "evaluate.invert_mask"}
+TUNE_FLAGS = {
+    "--model": "tune.model", "--images": "data.images", "--masks": "data.masks",
+    "--val-images": "tune.val_images", "--val-masks": "tune.val_masks", "--trials": "tune.trials",
+    "--max-concurrent": "tune.max_concurrent", "--workers-per-trial": "tune.workers_per_trial",
+    "--gpus-per-trial": "tune.gpus_per_trial", "--objective": "tune.objective", "--mode": "tune.mode",
+    "--out": "tune.out", "--space": "tune.space", "--scheduler": "tune.scheduler",
+    "--grace-period": "tune.grace_period", "--epochs": "train.epochs", "--image-size": "data.image_size",
+    "--batch-size": "train.batch_size", "--cpus-per-worker": "train.cpus_per_worker", "--seed": "tune.seed",
+    "--repeats": "data.repeats", "--val-pairs": "data.val_pairs", "--seg-steps": "tune.seg_steps",
+}
+TUNE_SWITCHES = {"--invert-mask": "data.invert_mask", "--resume": "tune.resume"}
 
 
 def sample_data_dir() -> str:
@@ -106,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=_field_doc("generate.png"))
     _add_flags(sub.add_parser("evaluate", help="downstream proof: segmenters trained with and without "
                               "synthetic data, scored on held-out real pairs"), EVALUATE_FLAGS, EVALUATE_SWITCHES)
+    _add_flags(sub.add_parser("tune", help="hyperparameter search on Ray Tune (Optuna TPE + ASHA)"),
+               TUNE_FLAGS, TUNE_SWITCHES)
     demo = sub.add_parser("demo", help="train + generate on the shipped ISBI 2012 sample (~5 min on 2 CPUs)")
     _add_flags(demo, TRAIN_FLAGS, TRAIN_SWITCHES)
     return parser
@@ -132,7 +146,9 @@ def resolve_config(args: argparse.Namespace) -> Config:
     if args.command in ("generate", "evaluate"):
         return cfg
     if not cfg.data.images or not cfg.data.masks:
-        raise ConfigError("train needs --images DIR and --masks DIR (or data.images / data.masks in --config)")
+        if args.command == "tune" and cfg.tune.resume:
+            return cfg  # the search's own config.yaml holds the data
+        raise ConfigError(f"{args.command} needs --images DIR and --masks DIR (or data.images / data.masks in --config)")
     return cfg
 
 
@@ -162,11 +178,16 @@ def main(argv: list[str] | None = None) -> int:
             from synthgen.evaluate import run_evaluation
 
             run_evaluation(cfg)
+        if args.command == "tune":
+            from synthgen.search import run_search
+
+            run_search(cfg, overwrite=args.overwrite)
     except (ConfigError, DataError, CheckpointError, OutputError) as e:
         print(f"synthgen {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"synthgen {args.command}: interrupted; completed checkpoints are kept, no partial "
+        resume = " (run the same command with --resume to continue)" if args.command in ("train", "tune") else ""
+        print(f"synthgen {args.command}: interrupted; completed checkpoints are kept{resume}, no partial "
               "dataset is left behind", file=sys.stderr)
         return 130
     return 0

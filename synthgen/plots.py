@@ -144,3 +144,50 @@ def plot_downstream(summary: dict, ks: list[int], save_path: str) -> str:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, save_path)
+
+
+def plot_search(rows: list[dict], params: list, metric: str, save_path: str) -> str:
+    """The objective of every trial against each searched parameter (log axis for loguniform ones);
+    marker fill shows whether the trial ran all its epochs."""
+    fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.2), squeeze=False)
+    scored = [r for r in rows if r[metric] == r[metric]]  # NaN != NaN: trials without a value
+    for ax, p in zip(axes.flat, params):
+        for status, style in (("completed", "o"), ("stopped early", "x")):
+            pts = [(r[p.key], r[metric]) for r in scored if r["status"] == status]
+            if pts:
+                xs = [str(x) for x, _ in pts] if p.kind == "choice" else [x for x, _ in pts]
+                ax.scatter(xs, [y for _, y in pts], marker=style, label=status)
+        if p.kind == "loguniform":
+            ax.set_xscale("log")
+        ax.set_xlabel(p.key)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    if scored:
+        axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, save_path)
+
+
+def search_summary_text(summary: dict, out: str) -> str:
+    """The one-screen end-of-search summary."""
+    metric = summary["objective"]
+
+    def describe(row: dict | None) -> str:
+        if not row:
+            return "not among the trials"
+        params = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                           if k not in ("trial_id", "status", "epochs", "seconds", metric))
+        return f"{metric} {row[metric]:.4f} after {row['epochs']} epochs  {params}"
+
+    lines = ["", "=" * 72,
+             f"synthgen tune: {summary['trials']} of {summary['requested']} trials ran in {summary['seconds']:.0f}s "
+             f"({summary['completed']} completed, {summary['stopped_early']} stopped early, {summary['errors']} errors)",
+             "-" * 72, f"objective  {metric} ({summary['mode']})",
+             f"best       {describe(summary['best'])}", f"default    {describe(summary['default'])}", "-" * 72]
+    if summary["trials"] < summary["requested"]:
+        lines.append("the search did not finish: run the same command with --resume to continue it")
+    lines += [f"{'trials':<11}{os.path.join(out, 'trials.csv')} (.md)",
+              f"{'plot':<11}{os.path.join(out, 'objective_vs_params.png')}"]
+    lines += [f"{'best ' + k:<13}{v}" for k, v in summary["best_configs"].items()]
+    lines += ["=" * 72]
+    return "\n".join(lines)

@@ -1,0 +1,488 @@
+"""Hyperparameter search on Ray Tune: Optuna (TPE) proposes, ASHA stops trials that fall behind.
+
+    synthgen tune --model pix2pix --images imgs/ --masks masks/ --trials 12 --epochs 6 --out runs/tune
+
+Each trial is a real training run of `train.run_training` (the loop `synthgen train` runs) that reports
+its objective (synthgen/objectives.py) after every epoch, so ASHA can stop it early:
+
+- `tune.workers_per_trial` 1 (the default): a Tune *function trainable* trains in its own actor. On a
+  cluster the search is parallel over trials, which is cheaper than data parallelism inside small
+  trials, and it needs nothing from Ray beyond the trial actor.
+- more than 1: the trial is a Ray Train driver that runs a `TorchTrainer` with that many workers and
+  forwards its reports to Tune (Ray's documented Train-in-Tune pattern). When ASHA stops such a
+  trial, Ray Train frees its workers' placement group through Ray's state API, which needs the
+  dashboard; `synthgen tune` starts Ray with one in that case.
+
+The first trial is the base configuration (the defaults plus --config and flags) whenever it lies
+inside the search space, so every search measures its best trial against the untuned setting.
+Outputs in `tune.out`: trials.csv / trials.md (every trial: parameters, objective, epochs, time,
+status), objective_vs_params.png, best_config.yaml (accepted by `synthgen train --config`; with
+--model hybrid also best_pix2pix.yaml and best_vae.yaml), best_model/ (the best trial's final
+checkpoint, ready for `synthgen generate --checkpoint`), summary.json. `--resume` continues an
+interrupted search with `Tuner.restore`.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+
+from synthgen.config import OBJECTIVES, Config, ConfigError, _set, split_list
+from synthgen.data import Pair, find_pairs, image_channels, split_pairs
+
+DEFAULT_SPACES = {
+    "pix2pix": {"pix2pix.lambda_l1": "loguniform(10, 300)", "train.lr": "loguniform(5e-5, 1e-3)",
+                "train.lr_d": "loguniform(5e-5, 1e-3)"},
+    "vae": {"vae.beta": "loguniform(0.01, 10)", "train.lr": "loguniform(5e-5, 2e-3)"},
+}
+"""The space searched when tune.space is empty; hybrid searches the union plus train.model."""
+
+SEARCHABLE = ("data", "pix2pix", "vae", "train")
+NOT_SEARCHABLE = {"data.images", "data.masks", "data.val_pairs", "data.min_pairs", "train.out", "train.epochs",
+                  "train.workers", "train.gpu", "train.cpus_per_worker", "train.resume", "train.seed",
+                  "train.checkpoint_every", "train.keep_checkpoints", "train.max_failures", "train.samples"}
+"""Keys that define the run rather than the model (paths, resources, the epoch budget, the seed)."""
+
+TUNE_RUN_NAME = "tune"
+_SPEC = re.compile(r"^\s*(loguniform|uniform|int|choice)\s*\((.*)\)\s*$")
+
+
+class SearchError(ConfigError):
+    """The search cannot start or did not finish; the message says why."""
+
+
+@dataclass
+class Param:
+    key: str
+    kind: str
+    values: tuple
+
+    def domain(self):
+        from ray import tune
+
+        lo, hi = (self.values + (None, None))[:2]
+        return {"loguniform": lambda: tune.loguniform(lo, hi), "uniform": lambda: tune.uniform(lo, hi),
+                "int": lambda: tune.randint(lo, hi + 1), "choice": lambda: tune.choice(list(self.values))}[self.kind]()
+
+    def contains(self, value) -> bool:
+        if self.kind == "choice":
+            return value in self.values
+        return self.values[0] <= value <= self.values[1]
+
+    def __str__(self) -> str:
+        return f"{self.kind}({', '.join(str(v) for v in self.values)})"
+
+
+def parse_space(space: dict[str, str], base: Config) -> list[Param]:
+    """Validate 'key: distribution' entries against the config; every bad entry is reported at once."""
+    if not space:
+        raise SearchError("tune.space is empty: give at least one 'key: distribution'")
+    params, errors = [], []
+    for key, text in space.items():
+        try:
+            params.append(_parse_param(key, str(text), base))
+        except (SearchError, ConfigError) as e:
+            errors.append(f"{key}: {e}")
+    if errors:
+        raise SearchError("invalid search space (tune.space):\n  " + "\n  ".join(errors))
+    return params
+
+
+def _parse_param(key: str, text: str, base: Config) -> Param:
+    section, _, name = key.partition(".")
+    if section not in SEARCHABLE or key in NOT_SEARCHABLE:
+        raise SearchError(f"not searchable (search keys of {', '.join(SEARCHABLE)} that shape the model or "
+                          f"its training; paths, resources, epochs and the seed are fixed)")
+    if not hasattr(getattr(base, section), name):
+        raise SearchError("unknown config key")
+    default = getattr(getattr(base, section), name)
+    m = _SPEC.match(text)
+    if not m:
+        raise SearchError(f"'{text}' is not loguniform(lo, hi), uniform(lo, hi), int(lo, hi) or choice(a, b, ...)")
+    kind, args = m.group(1), [a.strip() for a in m.group(2).split(",") if a.strip()]
+    if kind == "choice":
+        if not args:
+            raise SearchError("choice() needs at least one value")
+        values = tuple(_coerced(base, key, a) for a in args)
+    else:
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            raise SearchError(f"{kind}() needs a numeric key; '{key}' is {type(default).__name__}: use choice()")
+        if kind == "int" and not isinstance(default, int):
+            raise SearchError(f"int() needs an integer key; '{key}' is a float: use uniform() or loguniform()")
+        if len(args) != 2:
+            raise SearchError(f"{kind}() takes two bounds (lo, hi), got {len(args)}")
+        try:
+            lo, hi = (int(a) if kind == "int" else float(a) for a in args)
+        except ValueError:
+            raise SearchError(f"bounds {args} are not {'integers' if kind == 'int' else 'numbers'}") from None
+        if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
+            raise SearchError(f"bounds must be finite with lo < hi, got ({lo}, {hi})")
+        if kind == "loguniform" and lo <= 0:
+            raise SearchError(f"loguniform needs lo > 0, got {lo}")
+        values = (lo, hi)
+        for v in values:
+            _coerced(base, key, v)
+    return Param(key, kind, values)
+
+
+def _coerced(base: Config, key: str, value):
+    """The value as the key's type, checked by Config.validate (e.g. no negative lambda_l1)."""
+    cfg = copy.deepcopy(base)
+    _set(cfg, key, value, "search space")
+    try:
+        cfg.validate()
+    except ConfigError as e:
+        raise SearchError(f"value {value!r} makes an invalid config: {str(e).splitlines()[-1].strip()}") from None
+    section, _, name = key.partition(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def search_model(cfg: Config) -> str:
+    return cfg.tune.model or cfg.train.model
+
+
+def effective_space(cfg: Config) -> dict[str, str]:
+    model = search_model(cfg)
+    if cfg.tune.space:
+        space = dict(cfg.tune.space)
+    elif model == "hybrid":
+        space = {**DEFAULT_SPACES["pix2pix"], **DEFAULT_SPACES["vae"]}
+    else:
+        space = dict(DEFAULT_SPACES[model])
+    if model == "hybrid":
+        space["train.model"] = "choice(pix2pix, vae)"
+    return space
+
+
+def apply_params(base: Config, params: dict) -> Config:
+    cfg = copy.deepcopy(base)
+    for key, value in params.items():
+        _set(cfg, key, value, "search space")
+    cfg.validate()
+    return cfg
+
+
+def base_point(cfg: Config, params: list[Param]) -> dict:
+    """The base config as a point of the space (train.lr_d 0 means 'same as train.lr')."""
+    point = {}
+    for p in params:
+        section, _, name = p.key.partition(".")
+        point[p.key] = getattr(getattr(cfg, section), name)
+    if point.get("train.lr_d") == 0.0:
+        point["train.lr_d"] = cfg.train.lr
+    return point
+
+
+def objective_mode(cfg: Config) -> tuple[str, str]:
+    return cfg.tune.objective, cfg.tune.mode or OBJECTIVES[cfg.tune.objective]
+
+
+# ------------------------------------------------------------------ the trial (runs in a Tune actor)
+def _tune_report(metrics: dict, checkpoint_dir: str | None) -> None:
+    from ray import tune
+
+    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+
+
+def run_trial(params: dict, base: dict, train_rows: list, channels: int, objective: dict, root: str) -> None:
+    """One trial: the base config with `params` applied, trained while reporting the objective."""
+    import torch
+    from ray import tune
+
+    from synthgen.train import loop_config, run_training, torch_trainer
+
+    cfg = apply_params(Config.from_dict(base), params)
+    s = cfg.tune
+    pairs = [Pair(*r) for r in train_rows]
+    # Validation happens in the objective (on tiles of the validation pairs), not in run_training.
+    config = loop_config(cfg, pairs, [], channels, objective)
+    if s.workers_per_trial == 1:
+        device = torch.device("cuda" if s.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
+        run_training(config, 0, 1, device, tune.get_checkpoint(), _tune_report)
+        return
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg.train.workers, cfg.train.gpu = s.workers_per_trial, s.gpus_per_trial > 0
+    storage = os.path.join(root, "trials", tune.get_context().get_trial_id())
+    torch_trainer(cfg, config, storage, callbacks=[TuneReportCallback()],
+                  gpus_per_worker=s.gpus_per_trial / s.workers_per_trial).fit()
+
+
+# ------------------------------------------------------------------ the driver
+@dataclass
+class SearchData:
+    train: list[Pair]
+    val: list[Pair]
+    channels: int
+
+
+def search_data(cfg: Config) -> SearchData:
+    """Training pairs and the held-out validation pairs the objective is measured on."""
+    from synthgen.evaluate import check_no_leakage
+
+    pairs = find_pairs(cfg.data.images, cfg.data.masks, cfg.data.min_pairs)
+    if cfg.tune.val_images:
+        train, val = pairs, find_pairs(cfg.tune.val_images, cfg.tune.val_masks, 1)
+        check_no_leakage(train, val)
+    else:
+        if cfg.data.val_pairs < 1:
+            raise SearchError("the objective needs validation pairs: pass --val-images/--val-masks or set "
+                              "data.val_pairs >= 1")
+        train, val = split_pairs(pairs, cfg.data.val_pairs)
+    channels = image_channels(train + val)
+    if image_channels(val) != image_channels(train):
+        raise SearchError(f"{cfg.tune.val_images or cfg.data.images}: validation images have "
+                          f"{image_channels(val)} channel(s), training images {image_channels(train)}")
+    return SearchData(train, val, channels)
+
+
+def objective_spec(cfg: Config, data: SearchData, out: str) -> dict:
+    """Everything a trial needs for the objective; segmenter / baseline are made once, here."""
+    from dataclasses import asdict
+
+    from synthgen.objectives import ObjectiveSpec, load_full_items, pair_rows, segmenter_settings
+
+    spec = ObjectiveSpec(cfg.tune.objective, pair_rows(data.val), pair_rows(data.train))
+    if spec.name not in ("label_fidelity", "dice_gain"):
+        return asdict(spec)
+    from synthgen.feedback import segmenter_dice
+    from synthgen.segment import SegmentationData, save_segmenter, train_segmenter
+
+    settings, size = segmenter_settings(cfg), cfg.data.image_size
+    real = load_full_items(spec.train_pairs, cfg, data.channels)
+    if spec.name == "label_fidelity":
+        spec.segmenter = os.path.join(out, "segmenter")
+        if not os.path.isfile(os.path.join(spec.segmenter, "segmenter.json")):
+            print(f"training the label-fidelity segmenter on {len(real)} real pairs ({settings.steps} steps)")
+            model = train_segmenter(SegmentationData(real, size, "classic", seed=cfg.train.seed,
+                                                     length=settings.steps * settings.batch_size),
+                                    settings.steps, settings.batch_size, seed=cfg.train.seed, width=settings.width)
+            save_segmenter(model, spec.segmenter + ".tmp")
+            os.replace(spec.segmenter + ".tmp", spec.segmenter)
+    else:
+        baseline = os.path.join(out, "baseline_dice.json")
+        if os.path.isfile(baseline):
+            with open(baseline) as f:
+                spec.baseline_dice = json.load(f)["dice"]
+        else:
+            print(f"measuring the real-only segmenter baseline ({settings.steps} steps)")
+            spec.baseline_dice = segmenter_dice(real, load_full_items(spec.val_pairs, cfg, data.channels),
+                                                None, size, settings)
+            with open(baseline, "w") as f:
+                json.dump({"dice": spec.baseline_dice}, f)
+    return asdict(spec)
+
+
+def _trial_resources(cfg: Config) -> dict[str, float]:
+    s, t = cfg.tune, cfg.train
+    if s.workers_per_trial == 1:
+        return {"CPU": t.cpus_per_worker, "GPU": s.gpus_per_trial}
+    return {"CPU": 0.01}  # the trial only drives its TorchTrainer, whose workers reserve the resources
+
+
+def max_concurrent(cfg: Config, available: dict[str, float]) -> int:
+    """tune.max_concurrent, or as many trials as the free CPUs (and GPUs) hold, at least 1."""
+    s, t = cfg.tune, cfg.train
+    if s.max_concurrent:
+        return s.max_concurrent
+    fits = [available.get("CPU", 0) // (t.cpus_per_worker * s.workers_per_trial)]
+    if s.gpus_per_trial > 0:
+        fits.append(available.get("GPU", 0) // s.gpus_per_trial)
+    return max(1, int(min(fits)))
+
+
+def prepare_search_dir(cfg: Config, overwrite: bool) -> str:
+    out = os.path.abspath(cfg.tune.out)
+    state = os.path.join(out, TUNE_RUN_NAME)
+    if cfg.tune.resume:
+        from ray.tune import Tuner
+
+        if not Tuner.can_restore(state):
+            raise SearchError(f"{out}: --resume given but there is no search to resume there")
+        return out
+    if os.path.exists(state):
+        if not overwrite:
+            raise SearchError(f"{out}: already holds a search; pass --resume to continue it or --overwrite "
+                              "to start over")
+        shutil.rmtree(out)
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+def build_tuner(cfg: Config, data: SearchData, spec: dict, out: str, available: dict[str, float]):
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    s, metric_mode = cfg.tune, objective_mode(cfg)
+    metric, mode = metric_mode
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=cfg.to_dict(), train_rows=[[p.stem, p.image, p.mask] for p in data.train],
+                             channels=data.channels, objective=spec, root=out),
+        _trial_resources(cfg))
+    path = os.path.join(out, TUNE_RUN_NAME)
+    if s.resume:
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    params = parse_space(effective_space(cfg), cfg)
+    default = base_point(cfg, params)
+    start = [default] if all(p.contains(default[p.key]) for p in params) else None
+    scheduler = (ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs, grace_period=s.grace_period,
+                               reduction_factor=s.reduction_factor)
+                 if s.scheduler == "asha" else FIFOScheduler())
+    return tune.Tuner(
+        trainable, param_space={p.key: p.domain() for p in params},
+        tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=s.trials, scheduler=scheduler,
+                                    search_alg=OptunaSearch(points_to_evaluate=start, seed=s.seed),
+                                    max_concurrent_trials=max_concurrent(cfg, available)),
+        run_config=tune.RunConfig(name=TUNE_RUN_NAME, storage_path=out, verbose=1,
+                                  failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+
+
+@dataclass
+class SearchResult:
+    out: str
+    rows: list[dict]
+    """One per trial, best first: trial_id, status, epochs, seconds, objective, then the parameters."""
+    best: dict
+    best_configs: dict[str, str]
+    seconds: float
+
+
+def trial_rows(grid, params: list[str], metric: str, mode: str, epochs: int) -> list[dict]:
+    """The table of all trials, best first (trials without an objective value last)."""
+    rows = []
+    for r in grid:
+        if r.config is None:  # never started (an interrupted search)
+            continue
+        m = r.metrics or {}
+        done = int(m.get("epoch", 0))
+        status = "error" if r.error else ("completed" if done >= epochs else "stopped early")
+        value = m.get(metric)
+        rows.append({"trial_id": m.get("trial_id", os.path.basename(r.path)), "status": status, "epochs": done,
+                     "seconds": round(float(m.get("time_total_s", 0.0)), 1),
+                     metric: float(value) if value is not None else float("nan"),
+                     **{k: r.config.get(k) for k in params},
+                     "checkpoint": r.checkpoint.path if r.checkpoint else m.get("checkpoint_path", "")})
+    # Completed trials rank first: ASHA stopped the others because they were behind at the same epoch,
+    # and an early epoch's value is not comparable with a finished run's.
+    sign = -1.0 if mode == "max" else 1.0
+    return sorted(rows, key=lambda row: (math.isnan(row[metric]), row["status"] != "completed",
+                                         sign * row[metric] if not math.isnan(row[metric]) else 0.0))
+
+
+def write_tables(rows: list[dict], out: str) -> tuple[str, str]:
+    import pandas as pd
+
+    table = pd.DataFrame([{k: v for k, v in r.items() if k != "checkpoint"} for r in rows])
+    csv, md = os.path.join(out, "trials.csv"), os.path.join(out, "trials.md")
+    table.to_csv(csv + ".tmp", index=False)
+    os.replace(csv + ".tmp", csv)
+    with open(md + ".tmp", "w") as f:
+        f.write(_markdown(table) + "\n")
+    os.replace(md + ".tmp", md)
+    return csv, md
+
+
+def _markdown(table) -> str:
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def write_best(cfg: Config, rows: list[dict], params: list[str], metric: str, out: str) -> dict[str, str]:
+    """best_config.yaml (and best_<model>.yaml per model with --model hybrid) + best_model/."""
+    scored = [r for r in rows if not math.isnan(r[metric])]
+    if not scored:
+        return {}
+    written = {}
+    groups = {"config": scored[0]}
+    if search_model(cfg) == "hybrid":
+        for model in ("pix2pix", "vae"):
+            best = next((r for r in scored if r.get("train.model") == model), None)
+            if best:
+                groups[model] = best
+    for name, row in groups.items():
+        best_cfg = apply_params(cfg, {k: row[k] for k in params})
+        best_cfg.train.out = os.path.join(out, f"best_{name}_train")
+        written[name] = best_cfg.save(out, f"best_{name}.yaml")
+    best_ckpt = scored[0]["checkpoint"]
+    if best_ckpt and os.path.isdir(best_ckpt):
+        target = os.path.join(out, "best_model")
+        shutil.rmtree(target + ".tmp", ignore_errors=True)
+        shutil.copytree(best_ckpt, target + ".tmp")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(target + ".tmp", target)
+    return written
+
+
+def run_search(cfg: Config, overwrite: bool = False) -> SearchResult:
+    """Validate, prepare the objective, run (or resume) the Tuner, write the tables, plot and best config."""
+    import ray
+
+    from synthgen import plots
+
+    t0 = time.time()
+    if cfg.tune.resume:  # the search's own config, as it started
+        out = prepare_search_dir(cfg, overwrite)
+        cfg = Config.from_yaml(os.path.join(out, "config.yaml"), {"tune.resume": True})
+    model = search_model(cfg)
+    if model != "hybrid":
+        cfg.train.model = model
+    metric, mode = objective_mode(cfg)
+    params = parse_space(effective_space(cfg), cfg)  # bad bounds fail before anything is written
+    for section, key in (("data", "images"), ("data", "masks"), ("tune", "val_images"), ("tune", "val_masks")):
+        value = getattr(getattr(cfg, section), key)
+        if value:  # trials run in other working directories (and other nodes, on shared storage)
+            setattr(getattr(cfg, section), key, os.path.abspath(value))
+    data = search_data(cfg)
+    if not cfg.tune.resume:
+        out = prepare_search_dir(cfg, overwrite)
+        cfg.save(out)
+    print(f"synthgen tune: {model}, {cfg.tune.trials} trials x {cfg.train.epochs} epochs, objective {metric} "
+          f"({mode}), {len(data.train)} train + {len(data.val)} validation pairs -> {out}\n"
+          + "search space:\n" + "\n".join(f"  {p.key}: {p}" for p in params), flush=True)
+    if not ray.is_initialized():
+        ray.init(include_dashboard=cfg.tune.workers_per_trial > 1, configure_logging=False)
+    spec = objective_spec(cfg, data, out)
+    tuner = build_tuner(cfg, data, spec, out, ray.available_resources())
+    grid = tuner.fit()
+    unfinished = cfg.tune.trials - grid.num_terminated - grid.num_errors
+    keys = [p.key for p in params]
+    rows = trial_rows(grid, keys, metric, mode, cfg.train.epochs)
+    write_tables(rows, out)
+    plots.plot_search(rows, params, metric, os.path.join(out, "objective_vs_params.png"))
+    best_configs = write_best(cfg, rows, keys, metric, out)
+    default = base_point(cfg, params)
+    default_row = next((r for r in rows if all(_same(r[k], default[k]) for k in keys)), None)
+    summary = {"objective": metric, "mode": mode, "trials": cfg.tune.trials - unfinished, "requested": cfg.tune.trials,
+               "completed": sum(r["status"] == "completed" for r in rows),
+               "stopped_early": sum(r["status"] == "stopped early" for r in rows),
+               "errors": sum(r["status"] == "error" for r in rows),
+               "best": {k: v for k, v in rows[0].items() if k != "checkpoint"} if rows else {},
+               "default": {k: v for k, v in default_row.items() if k != "checkpoint"} if default_row else None,
+               "best_configs": best_configs, "seconds": round(time.time() - t0, 1)}
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=str)
+    print(plots.search_summary_text(summary, out), flush=True)
+    if unfinished > 0:  # Tune stops on Ctrl-C and returns what it has; its state stays in out/tune
+        raise KeyboardInterrupt
+    if rows and summary["errors"] == len(rows):
+        first = next(r for r in grid if r.error)
+        raise SearchError(f"all {len(rows)} trials failed; the first error was:\n{str(first.error)[-2000:]}")
+    return SearchResult(out, rows, summary["best"], best_configs, time.time() - t0)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and math.isclose(float(a), float(b), rel_tol=1e-9)
+    return a == b
