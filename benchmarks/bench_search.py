@@ -12,6 +12,7 @@ reports the objective of both: the honest comparison. Prints progress to stderr 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -84,7 +85,8 @@ def main() -> None:
         "tune": {"model": args.model, "out": args.out, "trials": args.trials, "objective": args.objective,
                  "val_images": val_images, "val_masks": val_masks}})
     ray.init(num_cpus=args.cpus, include_dashboard=False, configure_logging=False)
-    result = run_search(cfg, overwrite=True)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON line
+        result = run_search(cfg, overwrite=True)
     ray.shutdown()
 
     base = Config.from_yaml(os.path.join(result.out, "config.yaml"))
@@ -97,7 +99,8 @@ def main() -> None:
     for seed in range(1, args.reseeds + 1):
         for name, c in (("default", base), ("best", best)):
             c = apply_params(c, {"train.seed": seed})
-            reseeded[name].append(retrain(c, data, spec))
+            with contextlib.redirect_stdout(sys.stderr):
+                reseeded[name].append(retrain(c, data, spec))
             log(f"seed {seed} {name}: {args.objective} {reseeded[name][-1]:.4f}")
     with open(os.path.join(result.out, "summary.json")) as f:
         summary = json.load(f)

@@ -1,9 +1,10 @@
-"""Command line: `synthgen train | generate | evaluate | tune | demo`.
+"""Command line: `synthgen train | generate | evaluate | tune | submit | demo`.
 
     synthgen demo                      # train + generate on the shipped ISBI 2012 sample -> runs/demo
     synthgen train --model vae --images imgs/ --masks masks/ --out runs/vae --epochs 50 --workers 2
     synthgen generate --checkpoint runs/vae --num-variations 16 --out runs/vae_synth --variations latent,elastic
     synthgen tune --model pix2pix --images imgs/ --masks masks/ --trials 12 --epochs 6 --out runs/tune
+    synthgen submit generate --config gen.yaml --storage s3://bucket/synth --address http://HEAD:8265
 
 Every flag overrides the matching key of `--config run.yaml`, which overrides the defaults in
 `synthgen/config.py`. `--dry-run` prints the resolved config and exits.
@@ -120,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
                               "synthetic data, scored on held-out real pairs"), EVALUATE_FLAGS, EVALUATE_SWITCHES)
     _add_flags(sub.add_parser("tune", help="hyperparameter search on Ray Tune (Optuna TPE + ASHA)"),
                TUNE_FLAGS, TUNE_SWITCHES)
+    sub_job = sub.add_parser("submit", help="submit train / tune / generate to a Ray cluster (Jobs API)")
+    sub_job.add_argument("job", choices=("train", "tune", "generate"))
+    sub_job.add_argument("--config", required=True, help="YAML config inside the working directory")
+    sub_job.add_argument("--storage", default="", help="output folder (shared by all nodes) or URI (s3://, gs://, ...)")
+    sub_job.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    sub_job.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:8265"),
+                         help="Ray dashboard / Jobs API address [default: $RAY_API_SERVER_ADDRESS or "
+                              "http://127.0.0.1:8265]")
+    sub_job.add_argument("--working-dir", default=".", help="uploaded with the job [default: .]")
+    sub_job.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    sub_job.add_argument("--no-wait", action="store_true", help="return once submitted")
     demo = sub.add_parser("demo", help="train + generate on the shipped ISBI 2012 sample (~5 min on 2 CPUs)")
     _add_flags(demo, TRAIN_FLAGS, TRAIN_SWITCHES)
     return parser
@@ -159,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     from synthgen.writers import OutputError
 
     try:
+        if args.command == "submit":
+            from synthgen.jobs import submit
+
+            return submit(args.job, args.config, args.storage, args.set, args.address, args.working_dir,
+                          args.overwrite, wait=not args.no_wait)
         cfg = resolve_config(args)
         if args.dry_run:
             print(cfg.to_yaml())

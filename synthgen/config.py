@@ -122,6 +122,9 @@ class TrainConfig:
     """Times Ray restarts a failed worker group from the latest checkpoint before giving up."""
     resume: bool = False
     """Continue from the latest checkpoint in `out` instead of starting over."""
+    storage: str = ""
+    """Where Ray Train persists checkpoints: '' = `out`. On a multi-node cluster this must be reachable
+    from every node: a shared-filesystem path or a cloud URI (s3://, gs://, abfs://)."""
     samples: int = 4
     """Masks shown in the sample grid at the end (VAE: 3 samples each)."""
 
@@ -186,6 +189,9 @@ class GenerateConfig:
     """CPUs reserved per generator actor; fractional so small machines keep CPUs for the other stages."""
     gpu: bool = False
     """One GPU per generator actor."""
+    actor_resources: str = ""
+    """Extra Ray resources each generator actor requests, as name=amount pairs, e.g. 'gpu_pool=1' to
+    keep actors on nodes started with --resources '{"gpu_pool": N}' (at most N actors per node)."""
     precision: str = "fp32"
     """Generator inference: 'fp32', 'bf16' or 'fp16' (GPU) autocast."""
     seed: int = 0
@@ -418,6 +424,7 @@ class Config:
             (1 <= g.actors_min <= g.actors_max, "need 1 <= generate.actors_min <= generate.actors_max"),
             (g.batch_size >= 1 and g.shard_rows >= 1, "generate.batch_size and shard_rows must be >= 1"),
             (g.cpus_per_actor > 0, "generate.cpus_per_actor must be > 0"),
+            (_resources_ok(g.actor_resources), "generate.actor_resources is a comma list of name=amount (amount > 0)"),
             (g.precision in ("fp32", "bf16", "fp16"), "generate.precision must be fp32, bf16 or fp16"),
             (v.noise_sigma > 0, "variations.noise_sigma must be > 0"),
             (v.elastic_alpha >= 0 and v.elastic_sigma > 0, "variations: elastic_alpha >= 0 and elastic_sigma > 0"),
@@ -432,6 +439,22 @@ SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
 OBJECTIVES = {"val_ssim": "max", "val_l1": "min", "quality": "max", "label_fidelity": "max", "dice_gain": "max"}
 """Search objectives and their direction (computed in synthgen/objectives.py)."""
+
+
+def parse_resources(text: str) -> dict[str, float]:
+    """'a=1,b=0.5' -> {'a': 1.0, 'b': 0.5} (custom Ray resources)."""
+    out = {}
+    for item in split_list(text):
+        name, _, amount = item.partition("=")
+        out[name.strip()] = float(amount)
+    return out
+
+
+def _resources_ok(text: str) -> bool:
+    try:
+        return all(name and amount > 0 for name, amount in parse_resources(text).items())
+    except ValueError:
+        return False
 
 
 def split_list(s: str) -> list[str]:

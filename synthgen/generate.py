@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 
@@ -21,11 +22,12 @@ import ray
 import torch
 
 from synthgen.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
-from synthgen.config import Config, ConfigError, GenerateConfig, VariationConfig, split_list
+from synthgen.config import Config, ConfigError, GenerateConfig, VariationConfig, parse_resources, split_list
 from synthgen.data import (DataError, Source, binarise_mask, find_masks, find_pairs, image_channels,
                            load_image, load_mask, tiles)
 from synthgen.quality import assess_quality, parse_weights, rejection_reason
 from synthgen.steps import render_seeded
+from synthgen.storage import pack_dir, unpack_dir
 from synthgen.variations import KINDS, add_input_noise, make_variation, variation_plan
 from synthgen.writers import DatasetWriter, decode_png, encode_png
 
@@ -101,22 +103,33 @@ def make_variation_groups(batch: dict, num_variations: int, kinds: list[str], se
 
 
 # ---------------------------------------------------------------- stage 2: generator actors
+def _local_dir(source) -> str:
+    """A directory path as is, or a packed directory (ObjectRef) unpacked into a temporary folder."""
+    if isinstance(source, str):
+        return source
+    return unpack_dir(ray.get(source), tempfile.mkdtemp(prefix="synthgen_actor_"))
+
+
 class GeneratorActor:
     """Loads the checkpoint(s) once per actor and renders every candidate of a batch of groups."""
 
-    def __init__(self, checkpoints: dict[str, str], gpu: bool, precision: str, segmenter: str = ""):
+    def __init__(self, checkpoints: dict, gpu: bool, precision: str, segmenter="") -> None:
+        """checkpoints: model name -> directory, or an object-store ref of storage.pack_dir(directory)
+        (what the pipeline passes, so actors on any node get the weights); segmenter likewise."""
         from synthgen.segment import load_segmenter
 
         self.device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
-        self.models = {name: load_checkpoint(path, self.device).nets for name, path in checkpoints.items()}
+        self.models = {name: load_checkpoint(_local_dir(c), self.device).nets for name, c in checkpoints.items()}
         self.precision = precision
-        self.segmenter = load_segmenter(segmenter, self.device) if segmenter else None
+        self.segmenter = load_segmenter(_local_dir(segmenter), self.device) if segmenter else None
+        self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
     def _render(self, name: str, inputs: torch.Tensor, seeds: np.ndarray) -> np.ndarray:
         return render_seeded(self.models[name], inputs, seeds, self.precision)
 
     def __call__(self, batch: dict) -> dict:
         b, n, s, _ = batch["var_mask"].shape
+        batch["node_id"] = np.array([self.node_id] * b)  # which node rendered it: the manifest counts them
         masks = batch["var_mask"].reshape(b * n, s, s)
         sigmas, seeds = batch["noise_sigma"].reshape(-1), batch["seed"].reshape(-1)
         inputs = np.stack([add_input_noise(m, float(sg), int(sd)) if sg > 0 else m.astype(np.float32)
@@ -139,7 +152,8 @@ def score_groups(batch: dict, weights: dict[str, float], threshold: float, model
     mode, and explode groups into candidate rows with accepted / reject_reason."""
     rows: dict[str, list] = {k: [] for k in ("id", "source_id", "image", "mask", "height", "width", "model",
                                              "variation", "params", "seed", "ssim", "iou", "edges", "diversity",
-                                             "label_fidelity", "overall_quality", "accepted", "reject_reason")}
+                                             "label_fidelity", "overall_quality", "accepted", "reject_reason",
+                                             "node_id")}
     for g in range(len(batch["source_id"])):
         has_image = bool(batch["has_image"][g])
         w = weights if has_image else {k: v for k, v in weights.items() if k != "ssim"}
@@ -163,6 +177,7 @@ def score_groups(batch: dict, weights: dict[str, float], threshold: float, model
             sid = str(batch["source_id"][g])
             rows["id"].append(f"{sid}_v{v:03d}")
             rows["source_id"].append(sid)
+            rows["node_id"].append(str(batch["node_id"][g]) if "node_id" in batch else "")
             rows["image"].append(encode_png(img))
             rows["mask"].append(encode_png(mask * 255))
             rows["height"].append(mask.shape[0])
@@ -226,10 +241,13 @@ def build_pipeline(sources: list[Source], cfg: Config, checkpoints: dict[str, st
                         fn_kwargs={"num_variations": g.num_variations, "kinds": split_list(g.variations),
                                    "seed": g.seed, "vcfg": cfg.variations})
     actor_resources = {"num_gpus": 1} if g.gpu else {"num_cpus": g.cpus_per_actor}
+    if g.actor_resources:
+        actor_resources["resources"] = parse_resources(g.actor_resources)
     ds = ds.map_batches(GeneratorActor, batch_size=g.batch_size,
                         compute=ray.data.ActorPoolStrategy(min_size=g.actors_min, max_size=g.actors_max),
-                        fn_constructor_kwargs={"checkpoints": checkpoints, "gpu": g.gpu, "precision": g.precision,
-                                               "segmenter": segmenter},
+                        fn_constructor_kwargs={"checkpoints": {k: ray.put(pack_dir(v)) for k, v in checkpoints.items()},
+                                               "gpu": g.gpu, "precision": g.precision,
+                                               "segmenter": ray.put(pack_dir(segmenter)) if segmenter else ""},
                         **actor_resources)
     return ds.map_batches(score_groups, batch_size=g.batch_size, num_cpus=0.25,
                           fn_kwargs={"weights": parse_weights(g.weights), "threshold": g.threshold,
@@ -310,7 +328,9 @@ def generate(cfg: Config, overwrite: bool = False) -> GenerateResult:
             # None for a metric that was not computed (e.g. label_fidelity without a segmenter): JSON has no NaN
             "score_means": {m: float(np.nanmean(v)) if v and not np.all(np.isnan(v)) else None
                             for m, v in writer.scores.items()},
-            "run": {"seconds": round(seconds, 2), "samples_per_s": round(writer.generated / seconds, 2)},
+            "run": {"seconds": round(seconds, 2), "samples_per_s": round(writer.generated / seconds, 2),
+                    "candidates_per_node": dict(sorted(writer.nodes.items())),
+                    "duplicates_dropped": writer.duplicates},
         }
         out = writer.finish(manifest)
     result = GenerateResult(out, writer.generated, writer.accepted, writer.rejected_by_reason, seconds)

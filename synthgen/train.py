@@ -28,7 +28,7 @@ from synthgen.checkpoint import load_checkpoint, restore_state, save_checkpoint
 from synthgen.config import Config
 from synthgen.data import Pair, PairDataset, find_pairs, image_channels, split_pairs
 from synthgen.steps import build_state, format_metrics, seed_epoch, train_epoch, validate
-from synthgen import plots
+from synthgen import plots, storage
 
 RAY_RUN_NAME = "ray_train"
 
@@ -170,17 +170,23 @@ def _check_resources(cfg: Config) -> None:
 def prepare_run_dir(cfg: Config, overwrite: bool) -> str:
     """Refuse to mix a new run into an old one: Ray Train resumes any run it finds under its name."""
     out = os.path.abspath(cfg.train.out)
-    ray_dir = os.path.join(out, RAY_RUN_NAME)
-    if os.path.exists(ray_dir) and not cfg.train.resume:
+    ray_dir = storage.join(checkpoint_storage(cfg), RAY_RUN_NAME)
+    if storage.exists(ray_dir) and not cfg.train.resume:
         if not overwrite:
             raise TrainError(f"{out}: already holds a training run; pass --resume to continue it "
                              "or --overwrite to start over")
-        for name in (RAY_RUN_NAME, "model"):
-            shutil.rmtree(os.path.join(out, name), ignore_errors=True)
-    if cfg.train.resume and not os.path.exists(ray_dir):
-        raise TrainError(f"{out}: --resume given but there is no run to resume there")
+        fs, inner = storage.filesystem(ray_dir)
+        fs.delete_dir(inner)
+        shutil.rmtree(os.path.join(out, "model"), ignore_errors=True)
+    if cfg.train.resume and not storage.exists(ray_dir):
+        raise TrainError(f"{ray_dir}: --resume given but there is no run to resume there")
     os.makedirs(out, exist_ok=True)
     return out
+
+
+def checkpoint_storage(cfg: Config) -> str:
+    """train.storage, or the run directory itself."""
+    return cfg.train.storage or os.path.abspath(cfg.train.out)
 
 
 def fit(cfg: Config, overwrite: bool = False, pairs: list[Pair] | None = None) -> TrainResult:
@@ -198,7 +204,7 @@ def fit(cfg: Config, overwrite: bool = False, pairs: list[Pair] | None = None) -
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
     _check_resources(cfg)
-    trainer = torch_trainer(cfg, loop_config(cfg, train_pairs, val_pairs, channels), out)
+    trainer = torch_trainer(cfg, loop_config(cfg, train_pairs, val_pairs, channels), checkpoint_storage(cfg))
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as e:

@@ -72,6 +72,9 @@ class DatasetWriter:
         self.rejected_by_reason: dict[str, int] = {}
         self.scores: dict[str, list[float]] = {m: [] for m in METRICS}
         self.accepted_flags: list[bool] = []
+        self.ids: set[str] = set()
+        self.duplicates = 0
+        self.nodes: dict[str, int] = {}
         self.examples: dict[str, list[tuple[np.ndarray, np.ndarray, float]]] = {"accepted": [], "rejected": []}
         for sub in (["images", "masks"] if png else []) + (["rejected/images", "rejected/masks"] if keep_rejected else []):
             os.makedirs(os.path.join(self.tmp, sub))
@@ -86,6 +89,13 @@ class DatasetWriter:
         """Add a batch of scored candidates (columns of SCHEMA plus 'accepted', 'reject_reason')."""
         for i in range(len(batch["id"])):
             row = {k: (v[i].item() if isinstance(v[i], np.generic) else v[i]) for k, v in batch.items()}
+            if row["id"] in self.ids:  # a block delivered twice (it never should be): keep the first copy
+                self.duplicates += 1
+                continue
+            self.ids.add(row["id"])
+            node = str(row.get("node_id", ""))
+            if node:
+                self.nodes[node] = self.nodes.get(node, 0) + 1
             ok = bool(row["accepted"])
             for m in METRICS:
                 self.scores[m].append(float(row[m]))
