@@ -27,15 +27,19 @@ from synthgen.data import (DataError, Source, binarise_mask, find_masks, find_pa
                            load_image, load_mask, tiles)
 from synthgen.quality import assess_quality, parse_weights, rejection_reason
 from synthgen.steps import render_seeded
-from synthgen.storage import pack_dir, unpack_dir
+from synthgen.storage import download_dir, exists, is_uri, pack_dir, unpack_dir
 from synthgen.variations import KINDS, add_input_noise, make_variation, variation_plan
 from synthgen.writers import DatasetWriter, decode_png, encode_png
 
 
 def resolve_checkpoint(path: str) -> str:
-    """Accept a `synthgen train` run directory (uses its model/) or a checkpoint directory."""
+    """Accept a `synthgen train` run directory (uses its model/) or a checkpoint directory; either may
+    be a URI (s3://..., file://...), which is downloaded to a temporary folder first."""
     if not path:
         raise ConfigError("generate needs --checkpoint DIR (a `synthgen train` run or its model/ directory)")
+    if is_uri(path):
+        model = path.rstrip("/") + "/model"
+        path = download_dir(model if exists(model) else path, tempfile.mkdtemp(prefix="synthgen_ckpt_"))
     model_dir = os.path.join(path, "model")
     return model_dir if os.path.isfile(os.path.join(model_dir, "state.json")) else path
 

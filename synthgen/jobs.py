@@ -165,8 +165,13 @@ def submit(kind: str, config: str, storage_path: str = "", sets: list[str] | Non
         client = JobSubmissionClient(address)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ConfigError(f"{address}: cannot reach the Ray Jobs API ({e})") from None
-    job_id = client.submit_job(entrypoint=shlex.join(entry),
-                               runtime_env={"working_dir": wd, "excludes": SUBMIT_EXCLUDES})
+    try:
+        job_id = client.submit_job(entrypoint=shlex.join(entry),
+                                   runtime_env={"working_dir": wd, "excludes": SUBMIT_EXCLUDES})
+    except RuntimeError as e:
+        hint = (" (the Jobs API takes at most 100 MB: keep checkpoints and large data outside the working "
+                "directory, on storage the cluster can read)") if "413" in str(e) else ""
+        raise ConfigError(f"{wd}: submitting the job failed{hint}: {str(e).splitlines()[-1]}") from None
     print(f"synthgen submit: {kind} job {job_id} submitted to {address}: {shlex.join(entry)}", flush=True)
     if not wait:
         return 0

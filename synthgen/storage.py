@@ -100,3 +100,12 @@ def unpack_dir(files: dict[str, bytes], directory: str) -> str:
         with open(os.path.join(directory, os.path.basename(name)), "wb") as f:
             f.write(data)
     return directory
+
+
+def download_dir(uri: str, directory: str) -> str:
+    """Copy a directory tree at `uri` (e.g. a checkpoint a cluster job wrote) into a local folder."""
+    fs, inner = filesystem(uri)
+    if fs.get_file_info(inner).type != pafs.FileType.Directory:
+        raise StorageError(f"{uri}: not found (or not a directory)")
+    pafs.copy_files(inner, directory, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return directory

@@ -66,6 +66,7 @@ def run_training(loop_config: dict, rank: int, world: int, device: torch.device,
     measure the search objective (rank 0, when loop_config has one) and `report(metrics, ckpt_dir)`.
 
     Shared by Ray Train workers and `synthgen tune` trials; only how they report differs."""
+    loop_config = localise(loop_config)
     cfg = Config.from_dict(loop_config["config"])
     train_pairs, val_pairs = _pairs_from(loop_config["train_pairs"]), _pairs_from(loop_config["val_pairs"])
     channels = loop_config["channels"]
@@ -123,10 +124,49 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 def loop_config(cfg: Config, train_pairs: list[Pair], val_pairs: list[Pair], channels: int,
                 objective: dict | None = None) -> dict:
-    """The plain-values argument of run_training (it travels to Ray workers)."""
-    return {"config": cfg.to_dict(), "channels": channels, "objective": objective,
-            "train_pairs": [[p.stem, p.image, p.mask] for p in train_pairs],
-            "val_pairs": [[p.stem, p.image, p.mask] for p in val_pairs]}
+    """The plain-values argument of run_training (it travels to Ray workers).
+
+    With Ray running, the pair files themselves travel too, through the object store (a few MB for
+    3-30 pairs): workers on any node train without shared storage or the driver's working directory."""
+    rows = [[p.stem, p.image, p.mask] for p in train_pairs + val_pairs]
+    files = None
+    if ray.is_initialized():
+        paths = [path for r in rows + (objective or {}).get("val_pairs", []) + (objective or {}).get("train_pairs", [])
+                 for path in r[1:]]
+        segmenter = (objective or {}).get("segmenter")
+        if segmenter:
+            paths += [os.path.join(segmenter, name) for name in os.listdir(segmenter)]
+        files = ray.put({path: open(path, "rb").read() for path in paths})
+    return {"config": cfg.to_dict(), "channels": channels, "objective": objective, "files": files,
+            "train_pairs": rows[:len(train_pairs)], "val_pairs": rows[len(train_pairs):]}
+
+
+def localise(loop_config: dict) -> dict:
+    """loop_config with its pair paths pointing at local copies of the shipped files (if any)."""
+    if loop_config.get("files") is None:
+        return loop_config
+    files = ray.get(loop_config["files"])
+    local_dir = tempfile.mkdtemp(prefix="synthgen_pairs_")
+    local = {}
+    for i, (path, data) in enumerate(sorted(files.items())):
+        local[path] = os.path.join(local_dir, f"{i:05d}_{os.path.basename(path)}")
+        with open(local[path], "wb") as f:
+            f.write(data)
+    out = dict(loop_config, files=None)
+    for key in ("train_pairs", "val_pairs"):
+        out[key] = [[stem, local[image], local[mask]] for stem, image, mask in loop_config[key]]
+    if loop_config.get("objective"):
+        objective = dict(loop_config["objective"])
+        for key in ("train_pairs", "val_pairs"):
+            objective[key] = [[stem, local[image], local[mask]] for stem, image, mask in objective.get(key, [])]
+        if objective.get("segmenter"):
+            objective["segmenter"] = os.path.join(local_dir, "segmenter")
+            os.makedirs(objective["segmenter"])
+            for path, copy in local.items():
+                if os.path.dirname(path) == loop_config["objective"]["segmenter"]:
+                    shutil.copy(copy, os.path.join(objective["segmenter"], os.path.basename(path)))
+        out["objective"] = objective
+    return out
 
 
 def torch_trainer(cfg: Config, config: dict, storage_path: str, callbacks: list | None = None,
