@@ -176,7 +176,7 @@ def search_summary_text(summary: dict, out: str) -> str:
         if not row:
             return "not among the trials"
         params = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                           if k not in ("trial_id", "status", "epochs", "seconds", metric))
+                           if k not in ("trial_id", "status", "epochs", "seconds", "node", metric))
         return f"{metric} {row[metric]:.4f} after {row['epochs']} epochs  {params}"
 
     lines = ["", "=" * 72,

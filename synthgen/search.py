@@ -184,8 +184,10 @@ def objective_mode(cfg: Config) -> tuple[str, str]:
 
 # ------------------------------------------------------------------ the trial (runs in a Tune actor)
 def _tune_report(metrics: dict, checkpoint_dir: str | None) -> None:
+    import ray
     from ray import tune
 
+    metrics = {**metrics, "node": ray.get_runtime_context().get_node_id()[:12]}  # where the trial ran
     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
 
 
@@ -366,7 +368,7 @@ def trial_rows(grid, params: list[str], metric: str, mode: str, epochs: int) -> 
         status = "error" if r.error else ("completed" if done >= epochs else "stopped early")
         value = m.get(metric)
         rows.append({"trial_id": m.get("trial_id", os.path.basename(r.path)), "status": status, "epochs": done,
-                     "seconds": round(float(m.get("time_total_s", 0.0)), 1),
+                     "seconds": round(float(m.get("time_total_s", 0.0)), 1), "node": m.get("node", ""),
                      metric: float(value) if value is not None else float("nan"),
                      **{k: r.config.get(k) for k in params},
                      "checkpoint": r.checkpoint.path if r.checkpoint else m.get("checkpoint_path", "")})

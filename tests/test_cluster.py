@@ -59,6 +59,10 @@ def workdir(tmp_path_factory):
     train["train"].update({"epochs": 8, "workers": 2, "cpus_per_worker": 1.0, "checkpoint_every": 1,
                            "keep_checkpoints": 3, "max_failures": 2, "samples": 1})
     (wd / "train.yaml").write_text(yaml.safe_dump(train))
+    search = yaml.safe_load(cfg.to_yaml())
+    search["train"].update({"epochs": 2, "cpus_per_worker": 1.0})
+    search["tune"].update({"trials": 2, "val_tiles": 4, "scheduler": "fifo"})
+    (wd / "tune.yaml").write_text(yaml.safe_dump(search))
     return wd
 
 
@@ -173,6 +177,21 @@ def test_training_resumes_after_a_killed_worker(cluster, workdir, tmp_path):
     assert "8/8" in epochs_run
     with open(os.path.join(out, "summary.json")) as f:
         assert json.load(f)["epochs"] == 8
+
+
+def test_tune_job_runs_trials_on_both_nodes(cluster, workdir, tmp_path):
+    """Two 1-CPU trials at once can only fit one per node; results land in a URI."""
+    out = tmp_path / "bucket" / "search"
+    proc = submit(cluster, workdir, "tune", "tune.yaml", f"file://{out}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    import pandas as pd
+
+    table = pd.read_csv(out / "trials.csv")
+    assert len(table) == 2 and (table["status"] == "completed").all()
+    assert table["node"].nunique() == 2, "one trial per node"
+    assert (out / "best_config.yaml").is_file() and (out / "best_model" / "state.json").is_file()
+    with open(out / "summary.json") as f:
+        assert json.load(f)["completed"] == 2
 
 
 @pytest.mark.parametrize("name", ["cluster.yaml", "cluster-onprem.yaml"])
