@@ -155,15 +155,23 @@ def bench_worker(loop_config: dict) -> None:
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
+VARIANTS = {
+    "fp32": {}, "bf16": {"train.precision": "bf16"}, "fp16": {"train.precision": "fp16"},
+    "ckpt": {"train.grad_checkpoint": True}, "bf16+ckpt": {"train.precision": "bf16", "train.grad_checkpoint": True},
+    "attention": {"pix2pix.generator": "attention_unet"},
+}
+"""--variants: named config changes measured against each other (memory, speed)."""
+
+
 def run_config(args, model: str, size: int, batch: int, workers: int, steps: int, pairs, channels: int,
-               storage: str, index: int) -> dict:
+               storage: str, index: int, variant: str = "fp32") -> dict:
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from synthgen.config import Config
 
-    row = {"model": model, "image_size": size, "batch": batch, "workers": workers,
+    row = {"model": model, "image_size": size, "batch": batch, "workers": workers, "variant": variant,
            "s_per_step": None, "images_per_s": None, "peak_mem_mb": None}
     total = ray.cluster_resources()
     if workers * args.cpus_per_worker > total.get("CPU", 0) + 1e-9:
@@ -177,7 +185,14 @@ def run_config(args, model: str, size: int, batch: int, workers: int, steps: int
     cfg.train.model, cfg.train.batch_size, cfg.train.workers, cfg.train.gpu = model, batch, workers, args.gpu
     cfg.train.cpus_per_worker = args.cpus_per_worker
     cfg.data.image_size, cfg.data.invert_mask = size, not args.synthetic
-    cfg.validate()
+    for key, value in VARIANTS[variant].items():
+        section, _, name = key.partition(".")
+        setattr(getattr(cfg, section), name, value)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        row["error"] = str(e).splitlines()[-1].strip()
+        return row
     trainer = TorchTrainer(
         bench_worker,
         train_loop_config={"config": cfg.to_dict(), "channels": channels, "warmup": args.warmup, "steps": steps,
@@ -186,7 +201,8 @@ def run_config(args, model: str, size: int, batch: int, workers: int, steps: int
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=args.gpu,
                                      resources_per_worker={"CPU": args.cpus_per_worker,
                                                            **({"GPU": 1} if args.gpu else {})}),
-        run_config=RunConfig(name=f"cfg{index:02d}_{model}_{size}_b{batch}_w{workers}", storage_path=storage,
+        run_config=RunConfig(name=f"cfg{index:02d}_{model}_{size}_b{batch}_w{workers}_{variant.replace('+', '_')}",
+                             storage_path=storage,
                              failure_config=FailureConfig(max_failures=0)),
     )
     try:
@@ -225,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus", type=int, default=None, help="CPUs given to the local Ray (default: all cores)")
     p.add_argument("--synthetic", action="store_true", help="synthetic blob pairs instead of the ISBI sample")
     p.add_argument("--data", default=None, help="folder with images/ and masks/ (default: the ISBI sample)")
+    p.add_argument("--variants", type=_csv(str), default=["fp32"],
+                   help=f"comma list of {', '.join(VARIANTS)} (default fp32): precision, gradient checkpointing, "
+                        "the attention U-Net")
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.batches, args.steps = [128], [1], 2
@@ -233,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     for m in args.models:
         if m not in ("pix2pix", "vae"):
             p.error(f"unknown model {m!r} (pix2pix, vae)")
+    for v in args.variants:
+        if v not in VARIANTS:
+            p.error(f"unknown variant {v!r} ({', '.join(VARIANTS)})")
 
     # Ray and Ray Train write to stdout; keep stdout for the one JSON line.
     json_out = os.fdopen(os.dup(1), "w")
@@ -263,14 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
     log(f"ray {ray.__version__} up with {cpus} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs; device {device}")
 
-    grid = [(m, s, b, w) for m in args.models for s in args.sizes for b in args.batches for w in args.workers]
+    grid = [(m, s, b, w, v) for m in args.models for s in args.sizes for b in args.batches for w in args.workers
+            for v in args.variants]
     results, threads = [], set()
-    for i, (model, size, batch, workers) in enumerate(grid, 1):
+    for i, (model, size, batch, workers, variant) in enumerate(grid, 1):
         steps = args.steps or default_steps(size)
         t0 = time.time()
-        log(f"[{i}/{len(grid)}] {model} {size}px batch {batch} x {workers} worker(s): "
+        log(f"[{i}/{len(grid)}] {model} {size}px batch {batch} x {workers} worker(s) {variant}: "
             f"{args.warmup} warm-up + {steps} timed steps ...")
-        row = run_config(args, model, size, batch, workers, steps, pairs, channels, tmp.name, i)
+        row = run_config(args, model, size, batch, workers, steps, pairs, channels, tmp.name, i, variant)
         if "_threads" in row:
             threads.add(row.pop("_threads"))
         results.append(row)

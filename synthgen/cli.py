@@ -30,9 +30,10 @@ TRAIN_FLAGS = {
     "--precision": "train.precision", "--grad-accum": "train.grad_accum", "--grad-clip": "train.grad_clip",
     "--checkpoint-every": "train.checkpoint_every", "--keep-checkpoints": "train.keep_checkpoints",
     "--cpus-per-worker": "train.cpus_per_worker", "--gan-mode": "pix2pix.gan_mode", "--ngf": "pix2pix.ngf",
-    "--repeats": "data.repeats", "--val-pairs": "data.val_pairs",
+    "--repeats": "data.repeats", "--val-pairs": "data.val_pairs", "--generator": "pix2pix.generator",
 }
-TRAIN_SWITCHES = {"--gpu": "train.gpu", "--invert-mask": "data.invert_mask", "--resume": "train.resume"}
+TRAIN_SWITCHES = {"--gpu": "train.gpu", "--invert-mask": "data.invert_mask", "--resume": "train.resume",
+                  "--grad-checkpoint": "train.grad_checkpoint"}
 GENERATE_FLAGS = {
     "--checkpoint": "generate.checkpoint", "--vae-checkpoint": "generate.vae_checkpoint",
     "--masks": "generate.masks", "--images": "generate.images", "--out": "generate.out",
@@ -50,6 +51,7 @@ EVALUATE_FLAGS = {
     "--conditions": "evaluate.conditions", "--image-size": "evaluate.image_size",
     "--seg-steps": "evaluate.seg_steps", "--gen-steps": "evaluate.gen_steps", "--out": "evaluate.out",
     "--num-variations": "evaluate.num_variations", "--threshold": "evaluate.threshold",
+    "--generator": "evaluate.gen_generator",
 }
 EVALUATE_SWITCHES = {"--invert-mask": "evaluate.invert_mask"}
 TUNE_FLAGS = {

@@ -48,6 +48,9 @@ class DataConfig:
 
 @dataclass
 class Pix2PixConfig:
+    generator: str = "unet"
+    """Generator network by name: 'unet' (the pix2pix U-Net) or 'attention_unet' (attention gates on
+    every skip connection, as in Attention U-Net, Oktay et al. 2018)."""
     ngf: int = 64
     """Generator width: channels of the first U-Net layer (doubling per level, capped at 8*ngf)."""
     ndf: int = 64
@@ -106,6 +109,9 @@ class TrainConfig:
     """Max global gradient norm per network; 0 disables clipping."""
     grad_accum: int = 1
     """Micro-batches accumulated per optimiser step."""
+    grad_checkpoint: bool = False
+    """Gradient (activation) checkpointing: the generator's blocks (VAE: decoder stages) recompute
+    their activations in the backward pass, cutting activation memory for ~30% more compute."""
     workers: int = 1
     """Ray Train data-parallel workers."""
     cpus_per_worker: float = 1.0
@@ -244,6 +250,8 @@ class EvaluateConfig:
     """Generator optimizer steps per (k, model) (batch 4)."""
     gen_ngf: int = 32
     """Width of the generators trained for the evaluation (pix2pix ngf/ndf, VAE nf = gen_ngf // 2)."""
+    gen_generator: str = "unet"
+    """pix2pix generator network of the evaluation: 'unet' or 'attention_unet' (see pix2pix.generator)."""
     num_variations: int = 8
     """Candidates per 128 px source tile in the generated sets."""
     threshold: float = 0.5
@@ -386,6 +394,8 @@ class Config:
             (t.precision != "fp16" or t.gpu, "train.precision fp16 needs --gpu (use bf16 on CPU)"),
             (t.checkpoint_every >= 1 and t.keep_checkpoints >= 1, "checkpoint_every and keep_checkpoints must be >= 1"),
             (p.gan_mode in ("vanilla", "lsgan", "hinge"), "pix2pix.gan_mode must be vanilla, lsgan or hinge"),
+            (p.generator in ("unet", "attention_unet") and self.evaluate.gen_generator in ("unet", "attention_unet"),
+             "pix2pix.generator and evaluate.gen_generator must be unet or attention_unet"),
             (p.upsample in ("resize", "transpose"), "pix2pix.upsample must be resize or transpose"),
             (p.lambda_l1 >= 0, "pix2pix.lambda_l1 must be >= 0"),
             (all(a in ("color", "translation", "cutout") for a in split_list(p.diffaug)),

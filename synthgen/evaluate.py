@@ -75,6 +75,7 @@ def _generator_config(cfg: Config, model: str, k: int, pairs_dir: tuple[str, str
     g.data.image_size, g.data.invert_mask, g.data.repeats, g.data.min_pairs, g.data.val_pairs = \
         e.image_size, e.invert_mask, 8, 1, 0
     g.pix2pix.ngf = g.pix2pix.ndf = e.gen_ngf
+    g.pix2pix.generator = e.gen_generator
     g.vae.nf = max(4, e.gen_ngf // 2)
     g.train.model, g.train.out, g.train.batch_size = model, out, 4
     g.train.epochs = max(1, math.ceil(e.gen_steps / math.ceil(k * g.data.repeats / g.train.batch_size)))

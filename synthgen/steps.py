@@ -75,6 +75,9 @@ def build_state(cfg: Config, channels: int, device: torch.device | str = "cpu") 
     torch.manual_seed(cfg.train.seed)
     nets = {name: net.to(device) for name, net in build_models(cfg, channels).items()}
     t = cfg.train
+    for net in nets.values():
+        if hasattr(net, "gradient_checkpointing"):
+            net.gradient_checkpointing = t.grad_checkpoint
     optimizers = {name: torch.optim.Adam(net.parameters(), lr=base_lr(cfg, name), betas=(t.beta1, 0.999))
                   for name, net in nets.items()}
     use_scaler = t.precision == "fp16"

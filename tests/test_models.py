@@ -213,3 +213,71 @@ def test_vae_learns_to_reconstruct() -> None:
         opt.step()
     after = recon_loss()
     assert after < 0.6 * before, (before, after)
+
+
+# ------------------------------------------------------------------ attention-gated U-Net
+@pytest.mark.parametrize("size", [32, 48, 64])
+def test_attention_unet_shapes_and_gates(size: int) -> None:
+    g = UNetGenerator(1, 3, size, ngf=4, attention=True).eval()
+    plain = UNetGenerator(1, 3, size, ngf=4)
+    depth = unet_depth(size)
+    assert len(g.gates) == depth - 1, "one gate per skip connection"
+    assert g(_mask(2, size)).shape == (2, 3, size, size)
+    assert _n_params(g) > _n_params(plain)
+    # each gate maps (skip, decoder output) of one level to per-pixel coefficients in (0, 1)
+    channels = [4 * min(2**i, 8) for i in range(depth)]
+    for gate, level in zip(g.gates, reversed(range(depth - 1))):
+        side = size // 2 ** (level + 1)
+        skip = torch.randn(2, channels[level], side, side)
+        alpha = gate.attention(skip, torch.randn(2, channels[level], side, side))
+        assert alpha.shape == (2, 1, side, side) and bool(((alpha > 0) & (alpha < 1)).all())
+        assert gate(skip, torch.randn_like(skip)).shape == skip.shape
+
+
+def test_attention_unet_by_name_rebuilds_from_its_config() -> None:
+    cfg = Config()
+    cfg.data.image_size, cfg.pix2pix.ngf, cfg.pix2pix.generator = 32, 4, "attention_unet"
+    nets = build_models(cfg, 1)
+    assert nets["generator"].config["attention"] is True and nets["generator"].gates is not None
+    rebuilt = build_from_config("generator", nets["generator"].config)
+    rebuilt.load_state_dict(nets["generator"].state_dict())
+    m = _mask(1, 32)
+    assert torch.equal(rebuilt.eval()(m), nets["generator"].eval()(m))
+    old = {k: v for k, v in nets["generator"].config.items() if k != "attention"}  # checkpoints before gates
+    assert build_from_config("generator", old).gates is None
+    cfg.pix2pix.generator = "transformer"
+    with pytest.raises(Exception, match="pix2pix.generator"):
+        cfg.validate()
+
+
+# ------------------------------------------------------------------ gradient checkpointing
+def _grads(net: torch.nn.Module, inputs: tuple, checkpointed: bool, seed: int = 0) -> dict[str, torch.Tensor]:
+    net.train()
+    net.gradient_checkpointing = checkpointed
+    net.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)  # dropout / the VAE's eps draw the same numbers in both runs
+    out = net(*inputs)
+    out = out[0] if isinstance(out, tuple) else out
+    (out.float() ** 2).mean().backward()
+    return {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_checkpointed_generator_gives_the_same_gradients(attention: bool) -> None:
+    torch.manual_seed(0)
+    g = init_weights(UNetGenerator(1, 1, 32, ngf=4, attention=attention))
+    inputs = (_mask(2, 32),)
+    plain, ckpt = _grads(g, inputs, False), _grads(g, inputs, True)
+    assert plain.keys() == ckpt.keys() and len(plain) == len(list(g.parameters()))
+    for k in plain:
+        torch.testing.assert_close(ckpt[k], plain[k], rtol=1e-5, atol=1e-7, msg=k)
+
+
+def test_checkpointed_vae_gives_the_same_gradients() -> None:
+    torch.manual_seed(0)
+    vae = init_weights(ConditionalVAE(1, 32, latent_dim=8, nf=4))
+    inputs = (torch.rand(2, 1, 32, 32) * 2 - 1, _mask(2, 32))
+    plain, ckpt = _grads(vae, inputs, False), _grads(vae, inputs, True)
+    assert plain.keys() == ckpt.keys()
+    for k in plain:
+        torch.testing.assert_close(ckpt[k], plain[k], rtol=1e-5, atol=1e-7, msg=k)

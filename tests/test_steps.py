@@ -328,3 +328,27 @@ def test_render_vae_shapes_and_sample_diversity(tmp_path, channels) -> None:
     mean = render(state.nets, masks, prior_mean=True)
     assert mean.shape == (2, 1, channels, 32, 32)
     assert torch.equal(mean, render(state.nets, masks, num_samples=5, prior_mean=True))
+
+
+@pytest.mark.parametrize("model, step", [("pix2pix", pix2pix_step), ("vae", vae_step)])
+def test_grad_checkpoint_config_gives_the_same_step(tmp_path, model, step) -> None:
+    """train.grad_checkpoint changes memory, not results: one full step gives the same weights."""
+    results = []
+    for flag in (False, True):
+        cfg = _cfg(tmp_path, model, grad_checkpoint=flag)
+        state = build_state(cfg, 1)
+        assert all(getattr(n, "gradient_checkpointing", flag) == flag for n in state.nets.values())
+        torch.manual_seed(1)
+        step(state, [_batch()])
+        results.append(_weights(state))
+    for k in results[0]:
+        torch.testing.assert_close(results[1][k], results[0][k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_attention_unet_trains(tmp_path) -> None:
+    cfg = _cfg(tmp_path)
+    cfg.pix2pix.generator = "attention_unet"
+    state = build_state(cfg, 1)
+    metrics = [pix2pix_step(state, [_batch(seed=0)]) for _ in range(5)]
+    assert all(math.isfinite(v) for m in metrics for v in m.values())
+    assert metrics[-1]["loss/G_l1"] < metrics[0]["loss/G_l1"]

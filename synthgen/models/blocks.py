@@ -1,7 +1,9 @@
 """Convolution blocks shared by the pix2pix U-Net, the PatchGAN and the conditional VAE."""
 from __future__ import annotations
 
+import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 UPSAMPLE_MODES = ("resize", "transpose")
 
@@ -65,3 +67,36 @@ def unet_depth(image_size: int, max_depth: int = 8, min_bottleneck: int = 1) -> 
     ):
         depth += 1
     return depth
+
+
+class AttentionGate(nn.Module):
+    """Additive attention gate on a U-Net skip connection (Oktay et al. 2018, Attention U-Net).
+
+    alpha = sigmoid(psi(relu(W_s * skip + W_g * gate))) per pixel, and the skip is passed on as
+    skip * alpha, so the decoder can suppress skip features outside the structures the coarser level
+    points at. The gating signal here is the decoder's own output at the skip's resolution (already
+    upsampled), which keeps every tensor at one size; the paper gates at the coarser size and
+    upsamples alpha.
+    """
+
+    def __init__(self, skip_channels: int, gate_channels: int, inter_channels: int) -> None:
+        super().__init__()
+        self.skip_proj = nn.Conv2d(skip_channels, inter_channels, kernel_size=1, bias=False)
+        self.gate_proj = nn.Conv2d(gate_channels, inter_channels, kernel_size=1, bias=True)
+        self.psi = nn.Conv2d(inter_channels, 1, kernel_size=1, bias=True)
+
+    def attention(self, skip: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) coefficients in (0, 1)."""
+        return torch.sigmoid(self.psi(torch.relu(self.skip_proj(skip) + self.gate_proj(gate))))
+
+    def forward(self, skip: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        return skip * self.attention(skip, gate)
+
+
+def run_block(block: nn.Module, *inputs: torch.Tensor, checkpointed: bool = False) -> torch.Tensor:
+    """block(*inputs), or the same under activation (gradient) checkpointing: its activations are
+    recomputed in the backward pass instead of kept, trading ~30% more compute for memory. The RNG
+    state is replayed, so dropout gives the same result and the same gradients either way."""
+    if checkpointed and torch.is_grad_enabled():
+        return checkpoint(block, *inputs, use_reentrant=False)
+    return block(*inputs)

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from synthgen.models.blocks import UPSAMPLE_MODES, down_block, norm_layer, up_block, unet_depth
+from synthgen.models.blocks import (UPSAMPLE_MODES, AttentionGate, down_block, norm_layer, run_block, up_block,
+                                   unet_depth)
 
 # Decoder levels (counted from the bottleneck) that get dropout: pix2pix's only noise source.
 _DROPOUT_LEVELS = 3
@@ -25,6 +26,10 @@ class UNetGenerator(nn.Module):
     Depth is unet_depth(image_size): 8 at 256 px (1x1 bottleneck, as in pix2pix's unet_256), 5 at
     32 px, 4 at 48 px, so any multiple of 16 works and the output has the input's H x W.
     Channels per level: ngf, 2ngf, 4ngf, 8ngf, 8ngf, ... (capped at 8ngf).
+    attention=True gives the attention-gated U-Net (pix2pix.generator 'attention_unet'): every skip
+    connection passes through an AttentionGate driven by the decoder level below it.
+    `gradient_checkpointing` (an attribute, not part of the architecture) recomputes each block's
+    activations in the backward pass.
     """
 
     def __init__(
@@ -35,14 +40,16 @@ class UNetGenerator(nn.Module):
         ngf: int = 64,
         upsample: str = "resize",
         dropout: bool = True,
+        attention: bool = False,
     ) -> None:
         super().__init__()
         if upsample not in UPSAMPLE_MODES:
             raise ValueError(f"unknown upsample mode '{upsample}' (known: {', '.join(UPSAMPLE_MODES)})")
         self.config = dict(
             in_channels=in_channels, out_channels=out_channels, image_size=image_size,
-            ngf=ngf, upsample=upsample, dropout=dropout,
+            ngf=ngf, upsample=upsample, dropout=dropout, attention=attention,
         )
+        self.gradient_checkpointing = False
         depth = unet_depth(image_size)
         channels = [ngf * min(2**i, 8) for i in range(depth)]
 
@@ -71,19 +78,29 @@ class UNetGenerator(nn.Module):
                 if dropout and depth - 1 - level < _DROPOUT_LEVELS:
                     layers.append(nn.Dropout(0.5))
             self.decoder.append(nn.Sequential(*layers))
+        # One gate per skip connection, decoder order (innermost skip first): the skip of level l and
+        # the decoder output reaching it both have channels[l] channels.
+        self.gates = nn.ModuleList(
+            AttentionGate(channels[level], channels[level], max(channels[level] // 2, 1))
+            for level in reversed(range(depth - 1))
+        ) if attention else None
 
     def forward(self, mask: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, H, W) mask -> (B, out_channels, H, W) image in [-1, 1]."""
+        ckpt = self.gradient_checkpointing and self.training
         skips: list[torch.Tensor] = []
         x = mask
         for block in self.encoder:
-            x = block(x)
+            x = run_block(block, x, checkpointed=ckpt)
             skips.append(x)
         x = skips.pop()  # the bottleneck feeds the innermost decoder level directly
         for i, block in enumerate(self.decoder):
             if i > 0:
-                x = torch.cat([x, skips.pop()], dim=1)
-            x = block(x)
+                skip = skips.pop()
+                if self.gates is not None:
+                    skip = run_block(self.gates[i - 1], skip, x, checkpointed=ckpt)
+                x = torch.cat([x, skip], dim=1)
+            x = run_block(block, x, checkpointed=ckpt)
         return x
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synthgen.models.blocks import down_block, norm_layer, up_block, unet_depth
+from synthgen.models.blocks import down_block, norm_layer, run_block, up_block, unet_depth
 
 # Clamp for log-variance: exp(logvar) stays finite in fp16/bf16 and early training cannot blow up.
 _LOGVAR_RANGE = (-30.0, 20.0)
@@ -68,6 +68,7 @@ class ConditionalVAE(nn.Module):
         super().__init__()
         self.config = dict(image_channels=image_channels, image_size=image_size, latent_dim=latent_dim, nf=nf)
         self.latent_dim = latent_dim
+        self.gradient_checkpointing = False  # recompute decoder stages in backward (see blocks.run_block)
         depth = unet_depth(image_size, max_depth=6, min_bottleneck=4)
         if depth == 0:
             raise ValueError(f"image_size {image_size} is too small for the VAE (needs >= 8 px)")
@@ -100,8 +101,9 @@ class ConditionalVAE(nn.Module):
     def decode(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, latent_dim) z, (B, 1, H, W) mask -> (B, C, H, W) image in [-1, 1]."""
         x = F.relu(self.from_z(z)).view(z.shape[0], -1, self.base, self.base)
+        ckpt = self.gradient_checkpointing and self.training
         for stage in self.stages:
-            x = stage(x, z, mask)
+            x = run_block(stage, x, z, mask, checkpointed=ckpt)
         return self.to_image(torch.cat([x, mask], dim=1))
 
     def forward(
