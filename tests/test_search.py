@@ -18,7 +18,7 @@ from conftest import write_pairs
 from synthgen.checkpoint import load_checkpoint
 from synthgen.cli import main
 from synthgen.config import Config, ConfigError
-from synthgen.search import SearchError, apply_params, base_point, effective_space, parse_space
+from synthgen.search_space import SearchError, apply_params, base_point, effective_space, parse_space
 
 TINY_YAML = {
     "data": {"image_size": 32, "repeats": 4, "val_pairs": 1, "min_pairs": 3},
