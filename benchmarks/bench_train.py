@@ -186,8 +186,7 @@ def run_config(args, model: str, size: int, batch: int, workers: int, steps: int
     cfg.train.cpus_per_worker = args.cpus_per_worker
     cfg.data.image_size, cfg.data.invert_mask = size, not args.synthetic
     for key, value in VARIANTS[variant].items():
-        section, _, name = key.partition(".")
-        setattr(getattr(cfg, section), name, value)
+        cfg.set(key, value, f"variant {variant}")
     try:
         cfg.validate()
     except ValueError as e:

@@ -326,6 +326,15 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def get(self, dotted: str) -> Any:
+        """cfg.get("train.epochs") == cfg.train.epochs."""
+        section, _, key = dotted.partition(".")
+        return getattr(getattr(self, section), key)
+
+    def set(self, dotted: str, value: Any, source: str = "config") -> None:
+        """Set one key by its dotted name, converted to the key's type (errors name `source`)."""
+        _set(self, dotted, value, source)
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 

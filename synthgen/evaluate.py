@@ -110,17 +110,16 @@ def segmenter_trial_task(condition: str, k: int, seed: int, real_items: list, te
     import torch
 
     from synthgen.data import SyntheticDataset
-    from synthgen.segment import SegmentationData, evaluate_segmenter, train_segmenter
+    from synthgen.segment import evaluate_segmenter, fit_segmenter
 
     torch.set_num_threads(1)
     t0 = time.time()
     synthetic = SyntheticDataset(synthetic_dir) if synthetic_dir else None
     if synthetic is not None and len(synthetic) == 0:
         synthetic = None  # nothing passed the filter: the condition degenerates to 'classic'
-    data = SegmentationData(real_items, e["image_size"], "crop" if condition == "real" else "classic",
-                            synthetic, e["synthetic_fraction"] if synthetic else 0.0, seed,
-                            length=e["seg_steps"] * e["seg_batch"])
-    model = train_segmenter(data, e["seg_steps"], e["seg_batch"], seed=seed, width=e["seg_width"])
+    model = fit_segmenter(real_items, e["image_size"], e["seg_steps"], e["seg_batch"],
+                          "crop" if condition == "real" else "classic", seed, e["seg_width"],
+                          synthetic, e["synthetic_fraction"])
     scores = evaluate_segmenter(model, test_items, e["image_size"])
     return {"condition": condition, "k": k, "seed": seed, "synthetic_items": len(synthetic) if synthetic else 0,
             "seconds": round(time.time() - t0, 1), **scores}

@@ -18,16 +18,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from synthgen.data import load_synthetic_dataset
-from synthgen.segment import SegmentationData, evaluate_segmenter, load_items, train_segmenter
+from synthgen.config import EvaluateConfig
+from synthgen.segment import evaluate_segmenter, fit_segmenter, load_items
 
 
 @dataclass
 class SegmenterSettings:
-    steps: int = 300
+    """Defaults: the evaluation's (synthgen.config.EvaluateConfig), their one source of truth."""
+
+    steps: int = EvaluateConfig.seg_steps
     """Optimizer steps per segmenter (the same for every condition)."""
-    batch_size: int = 8
-    width: int = 16
-    synthetic_fraction: float = 0.5
+    batch_size: int = EvaluateConfig.seg_batch
+    width: int = EvaluateConfig.seg_width
+    synthetic_fraction: float = EvaluateConfig.synthetic_fraction
     seeds: tuple[int, ...] = field(default=(0,))
 
 
@@ -36,10 +39,8 @@ def segmenter_dice(real_items, test_items, synthetic, size: int, settings: Segme
     plus, when given, `synthetic` items ({"image", "mask"} tensors) at settings.synthetic_fraction."""
     s, scores = settings, []
     for seed in s.seeds:
-        data = SegmentationData(real_items, size, "classic", synthetic,
-                                s.synthetic_fraction if synthetic is not None else 0.0, seed,
-                                length=s.steps * s.batch_size)
-        model = train_segmenter(data, s.steps, s.batch_size, seed=seed, width=s.width)
+        model = fit_segmenter(real_items, size, s.steps, s.batch_size, seed=seed, width=s.width,
+                              synthetic=synthetic, synthetic_fraction=s.synthetic_fraction)
         scores.append(evaluate_segmenter(model, test_items, size)["dice"])
     return float(np.mean(scores))
 

@@ -261,7 +261,7 @@ def build_pipeline(sources: list[Source], cfg: Config, checkpoints: dict[str, st
 def fidelity_segmenter(g: GenerateConfig, sources: list[Source], out_tmp: str) -> str:
     """'' (off), a given segmenter directory (checked), or one trained now on the sources' real pairs
     ('auto', saved into the dataset under segmenter/ so the scores can be reproduced)."""
-    from synthgen.segment import SegmentationData, load_segmenter, save_segmenter, train_segmenter
+    from synthgen.segment import fit_segmenter, load_segmenter, save_segmenter
 
     if not g.segmenter:
         return ""
@@ -276,8 +276,7 @@ def fidelity_segmenter(g: GenerateConfig, sources: list[Source], out_tmp: str) -
         raise ConfigError("--segmenter auto needs sources with real images (the training pairs or --images)")
     size = sources[0].mask.shape[0]
     print(f"training the label-fidelity segmenter on {len(real)} real tiles ({g.segmenter_steps} steps)", flush=True)
-    model = train_segmenter(SegmentationData(real, size, "classic", seed=g.seed, length=g.segmenter_steps * 8),
-                            g.segmenter_steps, 8, seed=g.seed)
+    model = fit_segmenter(real, size, g.segmenter_steps, seed=g.seed)
     return save_segmenter(model, os.path.join(out_tmp, "segmenter"))
 
 

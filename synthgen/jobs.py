@@ -82,11 +82,11 @@ def run_job(kind: str, argv: list[str] | None = None) -> int:
         print(f"synthgen job {kind}: {len(nodes)} node(s), {resources.get('CPU', 0):g} CPUs, "
               f"{resources.get('GPU', 0):g} GPUs", flush=True)
         use_cluster_gpus(cfg, kind, overrides, resources)
-        dest = args.storage or _get(cfg, OUT_KEYS[kind])
+        dest = args.storage or cfg.get(OUT_KEYS[kind])
         staging = _stage(cfg, kind, dest)
         _run(cfg, kind, args.overwrite)
         if staging:
-            storage.upload_dir(_get(cfg, OUT_KEYS[kind]), dest, overwrite=args.overwrite,
+            storage.upload_dir(cfg.get(OUT_KEYS[kind]), dest, overwrite=args.overwrite,
                                merge=kind == "train")  # train: beside the checkpoints already there
             print(f"synthgen job {kind}: outputs uploaded to {dest}", flush=True)
     except (ConfigError, DataError, CheckpointError, OutputError, storage.StorageError) as e:
@@ -95,19 +95,13 @@ def run_job(kind: str, argv: list[str] | None = None) -> int:
     return 0
 
 
-def _get(cfg: Config, dotted: str) -> str:
-    section, _, key = dotted.partition(".")
-    return getattr(getattr(cfg, section), key)
-
-
 def _stage(cfg: Config, kind: str, dest: str) -> str | None:
     """Point the config's output at `dest`, or at a local staging folder when `dest` is a URI."""
-    section, _, key = OUT_KEYS[kind].partition(".")
     if not storage.is_uri(dest):
-        setattr(getattr(cfg, section), key, dest)
+        cfg.set(OUT_KEYS[kind], dest)
         return None
     staging = tempfile.mkdtemp(prefix=f"synthgen_{kind}_")
-    setattr(getattr(cfg, section), key, os.path.join(staging, "out"))
+    cfg.set(OUT_KEYS[kind], os.path.join(staging, "out"))
     if kind == "train" and not cfg.train.storage:
         cfg.train.storage = dest  # checkpoints straight to the URI, from whichever node holds rank 0
     return staging

@@ -25,9 +25,11 @@ import torch
 from torch import nn
 
 from synthgen.config import OBJECTIVES, Config, split_list
-from synthgen.data import Pair, fit_to_size, image_to_tensor, load_image, load_mask, mask_to_tensor, tiles
+from synthgen.data import (Pair, fit_to_size, image_to_tensor, load_image, load_mask, mask_to_tensor,
+                           tensor_to_image, tiles)
 from synthgen.feedback import SegmenterSettings, segmenter_dice
 from synthgen.quality import assess_quality, parse_weights, ssim
+from synthgen.steps import render, render_seeded
 from synthgen.variations import add_input_noise, make_variation, variation_plan
 
 _RENDER_BATCH = 8  # tiles rendered at once: bounds memory at 256 px
@@ -73,8 +75,6 @@ def validation_tiles(items: list[tuple[np.ndarray, np.ndarray]], size: int, limi
 
 
 def _generate(nets: dict[str, nn.Module], inputs: list[np.ndarray], seeds: list[int], device) -> list[np.ndarray]:
-    from synthgen.steps import render_seeded  # steps imports models; keep this module light to import
-
     out = []
     for i in range(0, len(inputs), _RENDER_BATCH):
         batch = torch.from_numpy(np.stack(inputs[i:i + _RENDER_BATCH]).astype(np.float32)).unsqueeze(1).to(device)
@@ -128,13 +128,10 @@ class ObjectiveEvaluator:
         return out
 
     def _render_prior_mean(self, nets: dict[str, nn.Module]) -> list[np.ndarray]:
-        from synthgen.steps import render
-
         fakes = []
         for i in range(0, len(self.masks), _RENDER_BATCH):
             masks = torch.stack([mask_to_tensor(m) for m in self.masks[i:i + _RENDER_BATCH]]).to(self.device)
-            for t in render(nets, masks, prior_mean=True)[:, 0].float().cpu():
-                fakes.append(((t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy())
+            fakes.extend(tensor_to_image(t) for t in render(nets, masks, prior_mean=True)[:, 0].float().cpu())
         return fakes
 
     def synthetic_items(self, nets: dict[str, nn.Module]) -> list[dict[str, torch.Tensor]]:

@@ -30,9 +30,10 @@ import shutil
 import time
 from dataclasses import dataclass
 
+from synthgen import storage
 from synthgen.config import Config
 from synthgen.data import Pair, find_pairs, image_channels, split_pairs
-from synthgen.search_space import (SearchError, apply_params, base_point, effective_space, objective_mode,
+from synthgen.search_space import (Param, SearchError, apply_params, base_point, effective_space, objective_mode,
                                    parse_space, search_model)
 
 TUNE_RUN_NAME = "tune"
@@ -47,18 +48,17 @@ def _tune_report(metrics: dict, checkpoint_dir: str | None) -> None:
     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
 
 
-def run_trial(params: dict, base: dict, train_rows: list, channels: int, objective: dict, root: str) -> None:
-    """One trial: the base config with `params` applied, trained while reporting the objective."""
+def run_trial(params: dict, loop: dict, root: str) -> None:
+    """One trial: `loop` (train.loop_config of the base config, built once by the driver, with the
+    pair files already in the object store) with `params` applied, trained while reporting the objective."""
     import torch
     from ray import tune
 
-    from synthgen.train import loop_config, run_training, torch_trainer
+    from synthgen.train import run_training, torch_trainer
 
-    cfg = apply_params(Config.from_dict(base), params)
+    cfg = apply_params(Config.from_dict(loop["config"]), params)
     s = cfg.tune
-    pairs = [Pair(*r) for r in train_rows]
-    # Validation happens in the objective (on tiles of the validation pairs), not in run_training.
-    config = loop_config(cfg, pairs, [], channels, objective)
+    config = dict(loop, config=cfg.to_dict())
     if s.workers_per_trial == 1:
         device = torch.device("cuda" if s.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
         run_training(config, 0, 1, device, tune.get_checkpoint(), _tune_report)
@@ -109,7 +109,7 @@ def objective_spec(cfg: Config, data: SearchData, out: str) -> dict:
     if spec.name not in ("label_fidelity", "dice_gain"):
         return asdict(spec)
     from synthgen.feedback import segmenter_dice
-    from synthgen.segment import SegmentationData, save_segmenter, train_segmenter
+    from synthgen.segment import fit_segmenter, save_segmenter
 
     settings, size = segmenter_settings(cfg), cfg.data.image_size
     real = load_full_items(spec.train_pairs, cfg, data.channels)
@@ -117,9 +117,8 @@ def objective_spec(cfg: Config, data: SearchData, out: str) -> dict:
         spec.segmenter = os.path.join(out, "segmenter")
         if not os.path.isfile(os.path.join(spec.segmenter, "segmenter.json")):
             print(f"training the label-fidelity segmenter on {len(real)} real pairs ({settings.steps} steps)")
-            model = train_segmenter(SegmentationData(real, size, "classic", seed=cfg.train.seed,
-                                                     length=settings.steps * settings.batch_size),
-                                    settings.steps, settings.batch_size, seed=cfg.train.seed, width=settings.width)
+            model = fit_segmenter(real, size, settings.steps, settings.batch_size, seed=cfg.train.seed,
+                                  width=settings.width)
             save_segmenter(model, spec.segmenter + ".tmp")
             os.replace(spec.segmenter + ".tmp", spec.segmenter)
     else:
@@ -172,22 +171,22 @@ def prepare_search_dir(cfg: Config, overwrite: bool) -> str:
     return out
 
 
-def build_tuner(cfg: Config, data: SearchData, spec: dict, out: str, available: dict[str, float]):
-    import ray
+def build_tuner(cfg: Config, params: list[Param], data: SearchData, spec: dict, out: str,
+                available: dict[str, float]):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     s, metric_mode = cfg.tune, objective_mode(cfg)
     metric, mode = metric_mode
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=cfg.to_dict(), train_rows=[[p.stem, p.image, p.mask] for p in data.train],
-                             channels=data.channels, objective=spec, root=out),
-        _trial_resources(cfg))
+    from synthgen.train import loop_config
+
+    # Validation happens in the objective (on tiles of the validation pairs), not in run_training.
+    loop = loop_config(cfg, data.train, [], data.channels, spec)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, loop=loop, root=out), _trial_resources(cfg))
     path = os.path.join(out, TUNE_RUN_NAME)
     if s.resume:
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
-    params = parse_space(effective_space(cfg), cfg)
     default = base_point(cfg, params)
     start = [default] if all(p.contains(default[p.key]) for p in params) else None
     scheduler = (ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs, grace_period=s.grace_period,
@@ -275,11 +274,7 @@ def write_best(cfg: Config, rows: list[dict], params: list[str], metric: str, ou
         written[name] = best_cfg.save(out, f"best_{name}.yaml")
     best_ckpt = scored[0]["checkpoint"]
     if best_ckpt and os.path.isdir(best_ckpt):
-        target = os.path.join(out, "best_model")
-        shutil.rmtree(target + ".tmp", ignore_errors=True)
-        shutil.copytree(best_ckpt, target + ".tmp")
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(target + ".tmp", target)
+        storage.upload_dir(best_ckpt, os.path.join(out, "best_model"), overwrite=True)
     return written
 
 
@@ -298,10 +293,9 @@ def run_search(cfg: Config, overwrite: bool = False) -> SearchResult:
         cfg.train.model = model
     metric, mode = objective_mode(cfg)
     params = parse_space(effective_space(cfg), cfg)  # bad bounds fail before anything is written
-    for section, key in (("data", "images"), ("data", "masks"), ("tune", "val_images"), ("tune", "val_masks")):
-        value = getattr(getattr(cfg, section), key)
-        if value:  # trials run in other working directories (and other nodes, on shared storage)
-            setattr(getattr(cfg, section), key, os.path.abspath(value))
+    for key in ("data.images", "data.masks", "tune.val_images", "tune.val_masks"):
+        if cfg.get(key):  # so config.yaml, --resume and best_config.yaml work from any directory
+            cfg.set(key, os.path.abspath(cfg.get(key)))
     data = search_data(cfg)
     if not cfg.tune.resume:
         out = prepare_search_dir(cfg, overwrite)
@@ -312,7 +306,7 @@ def run_search(cfg: Config, overwrite: bool = False) -> SearchResult:
     if not ray.is_initialized():
         ray.init(include_dashboard=cfg.tune.workers_per_trial > 1, configure_logging=False)
     spec = objective_spec(cfg, data, out)
-    tuner = build_tuner(cfg, data, spec, out, ray.available_resources())
+    tuner = build_tuner(cfg, params, data, spec, out, ray.available_resources())
     grid = tuner.fit()
     unfinished = cfg.tune.trials - grid.num_terminated - grid.num_errors
     keys = [p.key for p in params]

@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from synthgen.config import OBJECTIVES, Config, ConfigError, _set
+from synthgen.config import OBJECTIVES, Config, ConfigError
 
 DEFAULT_SPACES = {
     "pix2pix": {"pix2pix.lambda_l1": "loguniform(10, 300)", "train.lr": "loguniform(5e-5, 1e-3)",
@@ -111,13 +111,12 @@ def _parse_param(key: str, text: str, base: Config) -> Param:
 def _coerced(base: Config, key: str, value):
     """The value as the key's type, checked by Config.validate (e.g. no negative lambda_l1)."""
     cfg = copy.deepcopy(base)
-    _set(cfg, key, value, "search space")
+    cfg.set(key, value, "search space")
     try:
         cfg.validate()
     except ConfigError as e:
         raise SearchError(f"value {value!r} makes an invalid config: {str(e).splitlines()[-1].strip()}") from None
-    section, _, name = key.partition(".")
-    return getattr(getattr(cfg, section), name)
+    return cfg.get(key)
 
 
 def search_model(cfg: Config) -> str:
@@ -140,17 +139,14 @@ def effective_space(cfg: Config) -> dict[str, str]:
 def apply_params(base: Config, params: dict) -> Config:
     cfg = copy.deepcopy(base)
     for key, value in params.items():
-        _set(cfg, key, value, "search space")
+        cfg.set(key, value, "search space")
     cfg.validate()
     return cfg
 
 
 def base_point(cfg: Config, params: list[Param]) -> dict:
     """The base config as a point of the space (train.lr_d 0 means 'same as train.lr')."""
-    point = {}
-    for p in params:
-        section, _, name = p.key.partition(".")
-        point[p.key] = getattr(getattr(cfg, section), name)
+    point = {p.key: cfg.get(p.key) for p in params}
     if point.get("train.lr_d") == 0.0:
         point["train.lr_d"] = cfg.train.lr
     return point

@@ -277,6 +277,16 @@ def train_segmenter(data: torch.utils.data.Dataset, steps: int, batch_size: int 
     return model.eval()
 
 
+def fit_segmenter(real_items: list[tuple[np.ndarray, np.ndarray]], size: int, steps: int, batch_size: int = 8,
+                  augment: str = "classic", seed: int = 0, width: int = 16,
+                  synthetic: torch.utils.data.Dataset | None = None, synthetic_fraction: float = 0.0) -> SegmentationUNet:
+    """The usual recipe: SegmentationData with a fresh crop at every draw (length steps * batch_size),
+    then train_segmenter for `steps` steps. `synthetic_fraction` only counts when `synthetic` is given."""
+    data = SegmentationData(real_items, size, augment, synthetic, synthetic_fraction if synthetic is not None else 0.0,
+                            seed, length=steps * batch_size)
+    return train_segmenter(data, steps, batch_size, seed=seed, width=width)
+
+
 @torch.no_grad()
 def predict(model: SegmentationUNet, image: np.ndarray, size: int) -> np.ndarray:
     """HxWxC uint8 image of any size -> HxW {0, 1} uint8 prediction.

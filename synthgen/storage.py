@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pyarrow.fs as pafs
 
@@ -90,15 +91,14 @@ def _upload_files(local_dir: str, dest: str) -> str:
 def pack_dir(directory: str) -> dict[str, bytes]:
     """A flat directory's files as {name: bytes}: ship a checkpoint through Ray's object store to
     nodes that cannot see the driver's disk."""
-    return {name: open(os.path.join(directory, name), "rb").read()
-            for name in sorted(os.listdir(directory)) if os.path.isfile(os.path.join(directory, name))}
+    files = sorted(p for p in Path(directory).iterdir() if p.is_file())
+    return {p.name: p.read_bytes() for p in files}
 
 
 def unpack_dir(files: dict[str, bytes], directory: str) -> str:
     os.makedirs(directory, exist_ok=True)
     for name, data in files.items():
-        with open(os.path.join(directory, os.path.basename(name)), "wb") as f:
-            f.write(data)
+        (Path(directory) / os.path.basename(name)).write_bytes(data)
     return directory
 
 

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import ray
@@ -129,42 +130,39 @@ def loop_config(cfg: Config, train_pairs: list[Pair], val_pairs: list[Pair], cha
     With Ray running, the pair files themselves travel too, through the object store (a few MB for
     3-30 pairs): workers on any node train without shared storage or the driver's working directory."""
     rows = [[p.stem, p.image, p.mask] for p in train_pairs + val_pairs]
+    objective = objective or {}
     files = None
     if ray.is_initialized():
-        paths = [path for r in rows + (objective or {}).get("val_pairs", []) + (objective or {}).get("train_pairs", [])
-                 for path in r[1:]]
-        segmenter = (objective or {}).get("segmenter")
-        if segmenter:
-            paths += [os.path.join(segmenter, name) for name in os.listdir(segmenter)]
-        files = ray.put({path: open(path, "rb").read() for path in paths})
-    return {"config": cfg.to_dict(), "channels": channels, "objective": objective, "files": files,
+        pairs = rows + objective.get("val_pairs", []) + objective.get("train_pairs", [])
+        segmenter = objective.get("segmenter")
+        files = ray.put({"pairs": {path: Path(path).read_bytes() for r in pairs for path in r[1:]},
+                         "segmenter": storage.pack_dir(segmenter) if segmenter else None})
+    return {"config": cfg.to_dict(), "channels": channels, "objective": objective or None, "files": files,
             "train_pairs": rows[:len(train_pairs)], "val_pairs": rows[len(train_pairs):]}
 
 
 def localise(loop_config: dict) -> dict:
-    """loop_config with its pair paths pointing at local copies of the shipped files (if any)."""
+    """loop_config with its paths pointing at local copies of the shipped files (if any)."""
     if loop_config.get("files") is None:
         return loop_config
     files = ray.get(loop_config["files"])
     local_dir = tempfile.mkdtemp(prefix="synthgen_pairs_")
     local = {}
-    for i, (path, data) in enumerate(sorted(files.items())):
+    for i, (path, data) in enumerate(sorted(files["pairs"].items())):
         local[path] = os.path.join(local_dir, f"{i:05d}_{os.path.basename(path)}")
-        with open(local[path], "wb") as f:
-            f.write(data)
-    out = dict(loop_config, files=None)
-    for key in ("train_pairs", "val_pairs"):
-        out[key] = [[stem, local[image], local[mask]] for stem, image, mask in loop_config[key]]
+        Path(local[path]).write_bytes(data)
+
+    def relocated(rows: list) -> list:
+        return [[stem, local[image], local[mask]] for stem, image, mask in rows]
+
+    out = dict(loop_config, files=None, train_pairs=relocated(loop_config["train_pairs"]),
+               val_pairs=relocated(loop_config["val_pairs"]))
     if loop_config.get("objective"):
         objective = dict(loop_config["objective"])
         for key in ("train_pairs", "val_pairs"):
-            objective[key] = [[stem, local[image], local[mask]] for stem, image, mask in objective.get(key, [])]
-        if objective.get("segmenter"):
-            objective["segmenter"] = os.path.join(local_dir, "segmenter")
-            os.makedirs(objective["segmenter"])
-            for path, copy in local.items():
-                if os.path.dirname(path) == loop_config["objective"]["segmenter"]:
-                    shutil.copy(copy, os.path.join(objective["segmenter"], os.path.basename(path)))
+            objective[key] = relocated(objective.get(key, []))
+        if files["segmenter"]:
+            objective["segmenter"] = storage.unpack_dir(files["segmenter"], os.path.join(local_dir, "segmenter"))
         out["objective"] = objective
     return out
 
@@ -254,11 +252,7 @@ def fit(cfg: Config, overwrite: bool = False, pairs: list[Pair] | None = None) -
     model_dir = os.path.join(out, "model")
     with result.checkpoint.as_directory() as d:
         ckpt = load_checkpoint(d)
-        tmp = model_dir + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(d, tmp)
-    shutil.rmtree(model_dir, ignore_errors=True)
-    os.replace(tmp, model_dir)
+        storage.upload_dir(d, model_dir, overwrite=True)
     write_run_report(out, ckpt, val_pairs + train_pairs, time.time() - t0)  # held-out rows first
     return TrainResult(out, model_dir, ckpt.history, time.time() - t0)
 
