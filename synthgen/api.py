@@ -21,6 +21,7 @@ from synthgen import plots
 from synthgen.checkpoint import load_checkpoint, restore_state, save_checkpoint
 from synthgen.config import Config, ConfigError
 from synthgen.data import PairDataset, find_pairs
+from synthgen.progressive import MIN_RESOLUTION, Stage, depth_for, stages
 from synthgen.steps import TrainState, build_state, format_metrics, render, seed_epoch, train_epoch
 
 
@@ -51,20 +52,25 @@ class SyntheticDataGenerator:
         self.cfg.validate()
         self.device = torch.device(device)
         self.state: TrainState | None = None
+        self._loader: DataLoader | None = None  # the last one trained on, for train_at_resolution
 
     @property
     def history(self) -> list[dict[str, float]]:
         return self.state.history if self.state else []
 
-    def _train(self, model: str, dataloader: DataLoader, num_epochs: int) -> list[dict[str, float]]:
+    def _train(self, model: str, dataloader: DataLoader, num_epochs: int,
+                plan: list[Stage] | None = None, min_size: int | None = None) -> list[dict[str, float]]:
         if self.cfg.train.model != model:
             raise ConfigError(f"this generator was created with model_type='{self.cfg.train.model}', "
                               f"not '{model}'")
-        self.cfg.train.epochs = (self.state.epoch if self.state else 0) + num_epochs
+        start = self.state.epoch if self.state else 0
+        self.cfg.train.epochs = start + num_epochs
         self.cfg.validate()
+        first = next(iter(dataloader))["image"]
         if self.state is None:
-            channels = next(iter(dataloader))["image"].shape[1]
-            self.state = build_state(self.cfg, channels, self.device)
+            self.state = build_state(self.cfg, first.shape[1], self.device, min_size)
+        self._loader = dataloader
+        plan = plan or [Stage(first.shape[-1])] * num_epochs  # the loader's own resolution
         dataset = dataloader.dataset
         target = self.cfg.train.epochs
         while self.state.epoch < target:
@@ -72,7 +78,7 @@ class SyntheticDataGenerator:
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(epoch)
             seed_epoch(self.cfg, epoch, rank=0)
-            metrics = train_epoch(self.state, dataloader)
+            metrics = train_epoch(self.state, dataloader, plan[epoch - start])
             metrics["epoch"] = float(epoch + 1)
             self.state.epoch += 1
             self.state.history.append(metrics)
@@ -90,6 +96,42 @@ class SyntheticDataGenerator:
         """Train (or continue training) the conditional VAE; returns the per-epoch metric history."""
         self.cfg.train.lr, self.cfg.vae.beta = lr, beta
         return self._train("vae", dataloader, num_epochs)
+
+    def train_at_resolution(self, resolution: int, epochs: int, fade_in_epochs: int = 0,
+                            dataloader: DataLoader | None = None) -> list[dict[str, float]]:
+        """Progressive training, one stage per call (see synthgen.progressive):
+
+            gen.train_at_resolution(64, epochs=4, dataloader=loader)   # first call: needs a loader
+            gen.train_at_resolution(128, epochs=4, fade_in_epochs=2)   # same loader, 128 px, faded in
+            gen.train_at_resolution(256, epochs=8, fade_in_epochs=2)
+
+        The loader's images (data.image_size) are down-sampled to `resolution`. The first call fixes
+        the smallest resolution, which sets the networks' depth; later calls may not go below it.
+        Uses the learning rate and loss weights of the generator's config (train.lr, ...).
+        """
+        loader = dataloader or self._loader
+        if loader is None:
+            raise ValueError("train_at_resolution: pass a dataloader on the first call")
+        size = next(iter(loader))["image"].shape[-1]
+        # The first stage builds the networks for `resolution`; they must still divide `size`.
+        depth = (next(iter(self.state.nets.values())).depth if self.state
+                 else depth_for(self.cfg.train.model, resolution))
+        problem = None
+        if not MIN_RESOLUTION <= resolution <= size:
+            problem = f"resolution {resolution} must lie between {MIN_RESOLUTION} and the loader's {size} px"
+        elif resolution % 2**depth or size % 2**depth:
+            problem = (f"the networks halve their input {depth} times, so {resolution} and the loader's {size} px "
+                       f"must be multiples of {2**depth} (the first resolution trained sets this depth)")
+        elif epochs < 1 or not 0 <= fade_in_epochs < epochs:
+            problem = f"need epochs >= 1 and 0 <= fade_in_epochs < epochs, got {epochs} and {fade_in_epochs}"
+        if problem:
+            raise ValueError(f"train_at_resolution: {problem}")
+        plan = stages([resolution], [epochs], fade_in_epochs, previous=self._trained_resolution())
+        return self._train(self.cfg.train.model, loader, epochs, plan, min_size=resolution)
+
+    def _trained_resolution(self) -> int | None:
+        last = self.history[-1] if self.history else {}
+        return int(last["resolution"]) if "resolution" in last else None
 
     def _require_trained(self) -> TrainState:
         if self.state is None:
@@ -160,6 +202,7 @@ class SyntheticDataGenerator:
     def load(cls, directory: str, device: str = "cpu") -> "SyntheticDataGenerator":
         ckpt = load_checkpoint(directory, device, training_state=True)
         gen = cls(ckpt.model, device, config=ckpt.cfg)
-        gen.state = build_state(ckpt.cfg, ckpt.channels, device)
+        net_config = next(iter(ckpt.nets.values())).config  # generator or vae: carries min_size
+        gen.state = build_state(ckpt.cfg, ckpt.channels, device, net_config.get("min_size"))
         restore_state(gen.state, ckpt)
         return gen

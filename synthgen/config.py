@@ -112,6 +112,16 @@ class TrainConfig:
     grad_checkpoint: bool = False
     """Gradient (activation) checkpointing: the generator's blocks (VAE: decoder stages) recompute
     their activations in the backward pass, cutting activation memory for ~30% more compute."""
+    resolutions: str = ""
+    """Progressive training: comma list of increasing resolutions ending at data.image_size, e.g.
+    '64,128,256'; '' trains at data.image_size only. The networks' depth is set by the smallest one,
+    so one set of weights runs at all of them (see synthgen/progressive.py)."""
+    stage_epochs: str = ""
+    """Epochs per resolution, e.g. '4,4,8' (must sum to train.epochs); '' splits train.epochs evenly,
+    later resolutions taking the remainder."""
+    fade_in_epochs: int = 0
+    """Epochs over which each new resolution is blended in with the up-sampled previous one
+    (ProGAN-style fade-in); 0 switches at once. Must be smaller than every stage but the first."""
     workers: int = 1
     """Ray Train data-parallel workers."""
     cpus_per_worker: float = 1.0
@@ -412,7 +422,7 @@ class Config:
             (self.vae.latent_dim >= 1 and self.vae.beta >= 0, "vae.latent_dim >= 1 and vae.beta >= 0"),
             (dt.val_pairs >= 0 and dt.repeats >= 1, "data.val_pairs >= 0 and data.repeats >= 1"),
             (dt.min_pairs >= dt.val_pairs + 1, "data.min_pairs must leave at least one training pair"),
-        ] + self._generate_checks() + self._search_checks()
+        ] + self._generate_checks() + self._search_checks() + _progressive_checks(self)
         errors = [msg for ok, msg in checks if not ok]
         if errors:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
@@ -454,6 +464,12 @@ class Config:
         ]
 
 
+def _progressive_checks(cfg: Config) -> list[tuple[bool, str]]:
+    from synthgen.progressive import schedule_problems  # progressive.py imports this module
+
+    return [(False, problem) for problem in schedule_problems(cfg)]
+
+
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
 OBJECTIVES = {"val_ssim": "max", "val_l1": "min", "quality": "max", "label_fidelity": "max", "dice_gain": "max"}
@@ -491,6 +507,8 @@ def _set(cfg: Config, dotted: str, value: Any, source: str) -> None:
     if isinstance(default, dict):
         setattr(obj, key, _mapping(dotted, value, source))
         return
+    if isinstance(default, str) and isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
+        value = ",".join(str(v) for v in value)  # YAML lists for the comma-list keys
     if value is None or isinstance(value, (list, dict)):
         raise ConfigError(f"{source}: '{dotted}' must be a single {type(default).__name__} value, got {value!r}")
     try:

@@ -21,6 +21,7 @@ from synthgen.diffaug import diff_augment
 from synthgen.losses import (discriminator_loss, discriminator_loss_terms, generator_adversarial_loss,
                              kl_divergence, l1_loss, vae_reconstruction_loss)
 from synthgen.models import build_models
+from synthgen.progressive import Stage, faded, resize, stage_batch, stage_for
 from synthgen.quality import ssim
 
 
@@ -38,6 +39,8 @@ class TrainState:
     """The next epoch to run (0-based); equals the number of finished epochs."""
     history: list[dict[str, float]] = field(default_factory=list)
     """One dict of metrics per finished epoch."""
+    stage: Stage | None = None
+    """Resolution and fade-in of the epoch being trained (see synthgen/progressive.py)."""
 
 
 def unwrap(net: nn.Module) -> nn.Module:
@@ -69,11 +72,13 @@ def set_learning_rates(state: TrainState, epoch: int) -> float:
     return factor
 
 
-def build_state(cfg: Config, channels: int, device: torch.device | str = "cpu") -> TrainState:
-    """Fresh networks (seeded: identical on every worker) and Adam optimisers."""
+def build_state(cfg: Config, channels: int, device: torch.device | str = "cpu",
+                min_size: int | None = None) -> TrainState:
+    """Fresh networks (seeded: identical on every worker) and Adam optimisers; `min_size` as in
+    models.build_models."""
     device = torch.device(device)
     torch.manual_seed(cfg.train.seed)
-    nets = {name: net.to(device) for name, net in build_models(cfg, channels).items()}
+    nets = {name: net.to(device) for name, net in build_models(cfg, channels, min_size).items()}
     t = cfg.train
     for net in nets.values():
         if hasattr(net, "gradient_checkpointing"):
@@ -131,7 +136,8 @@ def pix2pix_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> d
         mask, real = b["mask"], b["image"]
         with _sync_unless(G, last), _sync_unless(D, last):
             with autocast(state):
-                fake = G(mask)
+                # Fading in a new resolution: blend with the generator's output one stage coarser.
+                fake = faded(state.stage, G(mask), lambda r: unwrap(G)(resize(mask, r)))
                 # Real and fake through D in one forward: one DDP forward per backward, and the
                 # per-sample DiffAugment parameters differ for every image anyway.
                 m, x = diff_augment(torch.cat([mask, mask]), torch.cat([real, fake.detach()]), pc.diffaug)
@@ -173,7 +179,12 @@ def vae_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> dict[
         with _sync_unless(vae, i == n - 1):
             with autocast(state):
                 recon, mu, logvar = vae(b["image"], b["mask"])
-            recon_loss = vae_reconstruction_loss(recon.float(), b["image"])
+                recon = faded(state.stage, recon,
+                              lambda r: unwrap(vae)(resize(b["image"], r), resize(b["mask"], r))[0])
+            # Summed per image, so a coarser progressive stage would shrink it against the KL term;
+            # scaling by the pixel ratio keeps beta's meaning the same at every resolution.
+            scale = (state.cfg.data.image_size / b["image"].shape[-1]) ** 2
+            recon_loss = vae_reconstruction_loss(recon.float(), b["image"]) * scale
             kl = kl_divergence(mu.float(), logvar.float())
             loss = recon_loss + beta * kl
             state.scalers["vae"].scale(loss / n).backward()
@@ -192,8 +203,12 @@ def seed_epoch(cfg: Config, epoch: int, rank: int) -> None:
     torch.manual_seed(cfg.train.seed * 1_000_003 + epoch * 1009 + rank)
 
 
-def train_epoch(state: TrainState, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
-    """Run one epoch over `batches`, group them into accumulation steps, return mean metrics."""
+def train_epoch(state: TrainState, batches: Iterable[dict[str, torch.Tensor]],
+                stage: Stage | None = None) -> dict[str, float]:
+    """Run one epoch over `batches`, group them into accumulation steps, return mean metrics.
+
+    `stage`: resolution and fade-in to train at; default: the config's schedule for this epoch."""
+    state.stage = stage or stage_for(state.cfg, state.epoch)
     for net in state.nets.values():
         net.train()
     set_learning_rates(state, state.epoch)
@@ -203,7 +218,8 @@ def train_epoch(state: TrainState, batches: Iterable[dict[str, torch.Tensor]]) -
     steps, images, group = 0, 0, []
     t0 = time.perf_counter()
     for batch in batches:
-        group.append({k: v.to(state.device, non_blocking=True) for k, v in batch.items() if k in ("image", "mask")})
+        batch = {k: v.to(state.device, non_blocking=True) for k, v in batch.items() if k in ("image", "mask")}
+        group.append(stage_batch(batch, state.stage))
         if len(group) < accum:
             continue
         for key, value in step(state, group).items():
@@ -216,6 +232,7 @@ def train_epoch(state: TrainState, batches: Iterable[dict[str, torch.Tensor]]) -
                            "(lower train.grad_accum or train.batch_size, or raise data.repeats)")
     metrics = {k: v / steps for k, v in totals.items()}
     metrics.update({"steps": float(steps), "images": float(images), "time_s": time.perf_counter() - t0,
+                    "resolution": float(state.stage.resolution), "fade_alpha": state.stage.alpha,
                     "lr": state.optimizers[next(iter(state.optimizers))].param_groups[0]["lr"]})
     return metrics
 
@@ -223,7 +240,10 @@ def train_epoch(state: TrainState, batches: Iterable[dict[str, torch.Tensor]]) -
 def format_metrics(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
     """The per-epoch progress line."""
     parts = [f"{k.replace('loss/', '').replace('/', '_')} {v:.4f}" for k, v in metrics.items() if "/" in k]
-    return f"epoch {epoch + 1}/{epochs}  " + "  ".join(parts) + f"  ({metrics['time_s']:.1f}s)"
+    at = f" @{metrics['resolution']:.0f}px" if "resolution" in metrics else ""
+    if metrics.get("fade_alpha", 1.0) < 1.0:
+        at += f" (fade-in {metrics['fade_alpha']:.2f})"
+    return f"epoch {epoch + 1}/{epochs}{at}  " + "  ".join(parts) + f"  ({metrics['time_s']:.1f}s)"
 
 
 @torch.no_grad()

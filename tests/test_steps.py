@@ -226,7 +226,7 @@ def test_train_epoch_groups_micro_batches(tmp_path) -> None:
     assert train_epoch(state, batches)["lr"] == pytest.approx(1e-3 * 0.5)
     assert all(float(s["step"]) == 4.0 for s in state.optimizers["generator"].state.values())
     line = format_metrics(0, 2, m)
-    assert line.startswith("epoch 1/2  ") and "G_l1" in line and "steps" not in line
+    assert line.startswith("epoch 1/2 @32px  ") and "G_l1" in line and "steps" not in line
 
 
 def test_training_reduces_l1(tmp_path, pair_dirs) -> None:

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from synthgen.config import Config
+from synthgen.progressive import min_size as schedule_min_size
 from synthgen.models.pix2pix import PatchDiscriminator, UNetGenerator
 from synthgen.models.vae import ConditionalVAE
 
@@ -43,24 +44,26 @@ def init_weights(module: nn.Module, gain: float = 0.02) -> nn.Module:
     return module
 
 
-def build_pix2pix(cfg: Config, channels: int) -> dict[str, nn.Module]:
+def build_pix2pix(cfg: Config, channels: int, min_size: int | None = None) -> dict[str, nn.Module]:
     """Generator mask (1 channel) -> image (`channels`); discriminator on cat([mask, image])."""
     p = cfg.pix2pix
     generator = UNetGenerator(
         in_channels=1, out_channels=channels, image_size=cfg.data.image_size,
         ngf=p.ngf, upsample=p.upsample, dropout=p.dropout, attention=p.generator == "attention_unet",
+        min_size=min_size,
     )
     discriminator = PatchDiscriminator(in_channels=1 + channels, ndf=p.ndf, spectral_norm=p.spectral_norm)
     return {"generator": init_weights(generator), "discriminator": init_weights(discriminator)}
 
 
-def build_vae(cfg: Config, channels: int) -> dict[str, nn.Module]:
+def build_vae(cfg: Config, channels: int, min_size: int | None = None) -> dict[str, nn.Module]:
     v = cfg.vae
-    vae = ConditionalVAE(image_channels=channels, image_size=cfg.data.image_size, latent_dim=v.latent_dim, nf=v.nf)
+    vae = ConditionalVAE(image_channels=channels, image_size=cfg.data.image_size, latent_dim=v.latent_dim, nf=v.nf,
+                         min_size=min_size)
     return {"vae": init_weights(vae)}
 
 
-MODELS: dict[str, Callable[[Config, int], dict[str, nn.Module]]] = {"pix2pix": build_pix2pix, "vae": build_vae}
+MODELS: dict[str, Callable[..., dict[str, nn.Module]]] = {"pix2pix": build_pix2pix, "vae": build_vae}
 """cfg.train.model -> builder of that model's networks."""
 
 NETWORKS: dict[str, type[nn.Module]] = {
@@ -69,13 +72,16 @@ NETWORKS: dict[str, type[nn.Module]] = {
 """Network name (the keys build_models returns) -> class, for rebuilding from a saved `.config`."""
 
 
-def build_models(cfg: Config, channels: int) -> dict[str, nn.Module]:
-    """The freshly initialised networks of cfg.train.model for images with `channels` (1 or 3)."""
+def build_models(cfg: Config, channels: int, min_size: int | None = None) -> dict[str, nn.Module]:
+    """The freshly initialised networks of cfg.train.model for images with `channels` (1 or 3).
+
+    `min_size`: the smallest resolution they must run at (progressive training); default: the first
+    of train.resolutions when below data.image_size."""
     if cfg.train.model not in MODELS:
         raise ValueError(f"unknown model '{cfg.train.model}' (known: {', '.join(MODELS)})")
     if channels not in (1, 3):
         raise ValueError(f"images must have 1 or 3 channels, got {channels}")
-    return MODELS[cfg.train.model](cfg, channels)
+    return MODELS[cfg.train.model](cfg, channels, min_size or schedule_min_size(cfg))
 
 
 def build_from_config(kind: str, config: dict[str, Any]) -> nn.Module:

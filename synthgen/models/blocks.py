@@ -69,6 +69,14 @@ def unet_depth(image_size: int, max_depth: int = 8, min_bottleneck: int = 1) -> 
     return depth
 
 
+def check_input_size(x: torch.Tensor, depth: int, name: str) -> None:
+    """A net that halves the input `depth` times needs H and W divisible by 2**depth."""
+    h, w = x.shape[-2:]
+    if h % 2**depth or w % 2**depth:
+        raise ValueError(f"{name}: input of {h}x{w} px; this network halves it {depth} times, so H and W "
+                         f"must be multiples of {2**depth}")
+
+
 class AttentionGate(nn.Module):
     """Additive attention gate on a U-Net skip connection (Oktay et al. 2018, Attention U-Net).
 

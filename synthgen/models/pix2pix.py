@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from synthgen.models.blocks import (UPSAMPLE_MODES, AttentionGate, down_block, norm_layer, run_block, up_block,
-                                   unet_depth)
+from synthgen.models.blocks import (UPSAMPLE_MODES, AttentionGate, check_input_size, down_block, norm_layer,
+                                   run_block, up_block, unet_depth)
 
 # Decoder levels (counted from the bottleneck) that get dropout: pix2pix's only noise source.
 _DROPOUT_LEVELS = 3
@@ -30,6 +30,8 @@ class UNetGenerator(nn.Module):
     connection passes through an AttentionGate driven by the decoder level below it.
     `gradient_checkpointing` (an attribute, not part of the architecture) recomputes each block's
     activations in the backward pass.
+    `min_size` (progressive training): the smallest resolution the net must run at sets the depth
+    instead, e.g. 6 for 64 px; the net then takes any multiple of 2**depth (64, 128, 256, ...).
     """
 
     def __init__(
@@ -41,16 +43,17 @@ class UNetGenerator(nn.Module):
         upsample: str = "resize",
         dropout: bool = True,
         attention: bool = False,
+        min_size: int | None = None,
     ) -> None:
         super().__init__()
         if upsample not in UPSAMPLE_MODES:
             raise ValueError(f"unknown upsample mode '{upsample}' (known: {', '.join(UPSAMPLE_MODES)})")
         self.config = dict(
             in_channels=in_channels, out_channels=out_channels, image_size=image_size,
-            ngf=ngf, upsample=upsample, dropout=dropout, attention=attention,
+            ngf=ngf, upsample=upsample, dropout=dropout, attention=attention, min_size=min_size,
         )
         self.gradient_checkpointing = False
-        depth = unet_depth(image_size)
+        depth = self.depth = self.depth_for(min_size or image_size)
         channels = [ngf * min(2**i, 8) for i in range(depth)]
 
         # Encoder, outermost first. Level 0: plain conv (no activation or norm on the raw mask).
@@ -85,8 +88,13 @@ class UNetGenerator(nn.Module):
             for level in reversed(range(depth - 1))
         ) if attention else None
 
+    @staticmethod
+    def depth_for(size: int) -> int:
+        return unet_depth(size)
+
     def forward(self, mask: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, H, W) mask -> (B, out_channels, H, W) image in [-1, 1]."""
+        check_input_size(mask, self.depth, "UNetGenerator")
         ckpt = self.gradient_checkpointing and self.training
         skips: list[torch.Tensor] = []
         x = mask

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synthgen.models.blocks import down_block, norm_layer, run_block, up_block, unet_depth
+from synthgen.models.blocks import check_input_size, down_block, norm_layer, run_block, up_block, unet_depth
 
 # Clamp for log-variance: exp(logvar) stays finite in fp16/bf16 and early training cannot blow up.
 _LOGVAR_RANGE = (-30.0, 20.0)
@@ -62,24 +62,33 @@ class DecoderStage(nn.Module):
 class ConditionalVAE(nn.Module):
     """Encoder of strided convs to a base grid of >= 4 px (depth unet_depth(image_size, 6, 4): 6 at
     256 px -> 4x4, 3 at 32 px -> 4x4), Linear to mu / logvar; decoder mirrors it with the mask and z
-    injected at every scale. Channels per level: nf, 2nf, 4nf, 8nf, 8nf, ... (capped at 8nf)."""
+    injected at every scale. Channels per level: nf, 2nf, 4nf, 8nf, 8nf, ... (capped at 8nf).
 
-    def __init__(self, image_channels: int = 1, image_size: int = 256, latent_dim: int = 512, nf: int = 32) -> None:
+    It runs at any multiple of 2**depth px: the encoder averages its last grid down to the base grid
+    and the decoder stretches z's base grid to the input's bottleneck (both no-ops at image_size).
+    `min_size` (progressive training) sets depth and base grid from the smallest resolution instead.
+    """
+
+    def __init__(self, image_channels: int = 1, image_size: int = 256, latent_dim: int = 512, nf: int = 32,
+                 min_size: int | None = None) -> None:
         super().__init__()
-        self.config = dict(image_channels=image_channels, image_size=image_size, latent_dim=latent_dim, nf=nf)
+        self.config = dict(image_channels=image_channels, image_size=image_size, latent_dim=latent_dim, nf=nf,
+                           min_size=min_size)
         self.latent_dim = latent_dim
         self.gradient_checkpointing = False  # recompute decoder stages in backward (see blocks.run_block)
-        depth = unet_depth(image_size, max_depth=6, min_bottleneck=4)
+        size = min_size or image_size
+        depth = self.depth = self.depth_for(size)
         if depth == 0:
-            raise ValueError(f"image_size {image_size} is too small for the VAE (needs >= 8 px)")
-        self.base = image_size // 2**depth
+            raise ValueError(f"image_size {size} is too small for the VAE (needs >= 8 px)")
+        self.base = size // 2**depth
         channels = [nf * min(2**i, 8) for i in range(depth)]
         flat = channels[-1] * self.base * self.base
 
         # Encoder q(z | image, mask): input is cat([image, mask]).
         blocks = [down_block(image_channels + 1, channels[0], act=False, norm=False)]
         blocks += [down_block(channels[i - 1], channels[i]) for i in range(1, depth)]
-        self.encoder = nn.Sequential(*blocks, nn.LeakyReLU(0.2), nn.Flatten())
+        # The pool comes after the parameterised layers, so checkpoints from before it still load.
+        self.encoder = nn.Sequential(*blocks, nn.LeakyReLU(0.2), nn.AdaptiveAvgPool2d(self.base), nn.Flatten())
         self.to_mu = nn.Linear(flat, latent_dim)
         self.to_logvar = nn.Linear(flat, latent_dim)
 
@@ -93,14 +102,23 @@ class ConditionalVAE(nn.Module):
         # Full resolution: the mask once more, then to image space.
         self.to_image = nn.Sequential(nn.Conv2d(out_channels[-1] + 1, image_channels, 3, padding=1), nn.Tanh())
 
+    @staticmethod
+    def depth_for(size: int) -> int:
+        return unet_depth(size, max_depth=6, min_bottleneck=4)
+
     def encode(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, H, W) image, (B, 1, H, W) mask -> mu, logvar, each (B, latent_dim)."""
+        check_input_size(image, self.depth, "ConditionalVAE")
         h = self.encoder(torch.cat([image, mask], dim=1))
         return self.to_mu(h), self.to_logvar(h).clamp(*_LOGVAR_RANGE)
 
     def decode(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, latent_dim) z, (B, 1, H, W) mask -> (B, C, H, W) image in [-1, 1]."""
+        check_input_size(mask, self.depth, "ConditionalVAE")
         x = F.relu(self.from_z(z)).view(z.shape[0], -1, self.base, self.base)
+        grid = (mask.shape[-2] // 2**self.depth, mask.shape[-1] // 2**self.depth)
+        if x.shape[-2:] != grid:
+            x = F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
         ckpt = self.gradient_checkpointing and self.training
         for stage in self.stages:
             x = run_block(stage, x, z, mask, checkpointed=ckpt)
