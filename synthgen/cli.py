@@ -35,7 +35,8 @@ TRAIN_FLAGS = {
     "--fade-in-epochs": "train.fade_in_epochs",
 }
 TRAIN_SWITCHES = {"--gpu": "train.gpu", "--invert-mask": "data.invert_mask", "--resume": "train.resume",
-                  "--grad-checkpoint": "train.grad_checkpoint"}
+                  "--grad-checkpoint": "train.grad_checkpoint", "--channels-last": "train.channels_last",
+                  "--compile": "train.compile"}
 GENERATE_FLAGS = {
     "--checkpoint": "generate.checkpoint", "--vae-checkpoint": "generate.vae_checkpoint",
     "--masks": "generate.masks", "--images": "generate.images", "--out": "generate.out",
@@ -44,8 +45,10 @@ GENERATE_FLAGS = {
     "--batch-size": "generate.batch_size", "--seed": "generate.seed", "--precision": "generate.precision",
     "--cpus-per-actor": "generate.cpus_per_actor", "--shard-rows": "generate.shard_rows",
     "--segmenter": "generate.segmenter", "--segmenter-steps": "generate.segmenter_steps",
+    "--max-batch": "generate.max_batch", "--scoring": "generate.scoring",
 }
-GENERATE_SWITCHES = {"--gpu": "generate.gpu", "--keep-rejected": "generate.keep_rejected"}
+GENERATE_SWITCHES = {"--gpu": "generate.gpu", "--keep-rejected": "generate.keep_rejected",
+                     "--channels-last": "generate.channels_last", "--compile": "generate.compile"}
 EVALUATE_FLAGS = {
     "--real-images": "evaluate.real_images", "--real-masks": "evaluate.real_masks",
     "--test-images": "evaluate.test_images", "--test-masks": "evaluate.test_masks",

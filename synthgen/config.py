@@ -122,6 +122,12 @@ class TrainConfig:
     fade_in_epochs: int = 0
     """Epochs over which each new resolution is blended in with the up-sampled previous one
     (ProGAN-style fade-in); 0 switches at once. Must be smaller than every stage but the first."""
+    channels_last: bool = False
+    """NHWC memory layout for networks and batches (faster convolutions on tensor-core GPUs with
+    bf16/fp16; see synthgen/device.py)."""
+    compile: bool = False
+    """torch.compile the networks (in place; checkpoints unchanged). The first step of every input
+    shape pays the compile, so it pays off only for long runs."""
     workers: int = 1
     """Ray Train data-parallel workers."""
     cpus_per_worker: float = 1.0
@@ -210,6 +216,17 @@ class GenerateConfig:
     keep actors on nodes started with --resources '{"gpu_pool": N}' (at most N actors per node)."""
     precision: str = "fp32"
     """Generator inference: 'fp32', 'bf16' or 'fp16' (GPU) autocast."""
+    max_batch: int = 0
+    """Candidates per generator forward pass; 0 sizes it to the device (GPU: measured from free
+    memory; CPU: 64)."""
+    channels_last: bool = False
+    """NHWC layout for the generator in the actors (faster on tensor-core GPUs with bf16/fp16)."""
+    compile: bool = False
+    """torch.compile the generator in every actor (each actor pays the compile once)."""
+    scoring: str = "auto"
+    """Where candidates are scored: 'skimage' (scikit-image in CPU tasks, the reference), 'torch'
+    (batched PyTorch in the generator actors, on their GPU when --gpu; agrees with skimage within
+    1e-3), or 'auto' = torch with --gpu, else skimage."""
     seed: int = 0
     """Seeds every variation and latent sample: the same seed gives byte-identical outputs."""
     png: bool = True
@@ -455,6 +472,8 @@ class Config:
             (g.cpus_per_actor > 0, "generate.cpus_per_actor must be > 0"),
             (_resources_ok(g.actor_resources), "generate.actor_resources is a comma list of name=amount (amount > 0)"),
             (g.precision in ("fp32", "bf16", "fp16"), "generate.precision must be fp32, bf16 or fp16"),
+            (g.max_batch >= 0, "generate.max_batch must be >= 0 (0 = sized to the device)"),
+            (g.scoring in ("auto", "skimage", "torch"), "generate.scoring must be auto, skimage or torch"),
             (v.noise_sigma > 0, "variations.noise_sigma must be > 0"),
             (v.elastic_alpha >= 0 and v.elastic_sigma > 0, "variations: elastic_alpha >= 0 and elastic_sigma > 0"),
             (v.affine_degrees >= 0 and 0 <= v.affine_scale < 1 and v.affine_shift >= 0,

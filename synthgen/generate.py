@@ -23,6 +23,7 @@ import torch
 
 from synthgen.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from synthgen.config import Config, ConfigError, GenerateConfig, VariationConfig, parse_resources, split_list
+from synthgen.device import inference_batch_size, prepare_module, to_device
 from synthgen.data import (DataError, Source, binarise_mask, find_masks, find_pairs, image_channels,
                            load_image, load_mask, tiles)
 from synthgen.quality import assess_quality, parse_weights, rejection_reason
@@ -117,19 +118,33 @@ def _local_dir(source) -> str:
 class GeneratorActor:
     """Loads the checkpoint(s) once per actor and renders every candidate of a batch of groups."""
 
-    def __init__(self, checkpoints: dict, gpu: bool, precision: str, segmenter="") -> None:
+    def __init__(self, checkpoints: dict, gpu: bool, precision: str, segmenter="", max_batch: int = 0,
+                 channels_last: bool = False, compile: bool = False) -> None:
         """checkpoints: model name -> directory, or an object-store ref of storage.pack_dir(directory)
-        (what the pipeline passes, so actors on any node get the weights); segmenter likewise."""
+        (what the pipeline passes, so actors on any node get the weights); segmenter likewise.
+        max_batch: candidates per forward pass, 0 = device.inference_batch_size."""
         from synthgen.segment import load_segmenter
 
         self.device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
         self.models = {name: load_checkpoint(_local_dir(c), self.device).nets for name, c in checkpoints.items()}
-        self.precision = precision
+        for nets in self.models.values():
+            nets.pop("discriminator", None)  # not needed to render: free its memory
+            for net in nets.values():
+                prepare_module(net, channels_last, compile)
+        self.precision, self.max_batch, self.channels_last = precision, max_batch, channels_last
+        self.chunk: dict[str, int] = {}
         self.segmenter = load_segmenter(_local_dir(segmenter), self.device) if segmenter else None
         self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
     def _render(self, name: str, inputs: torch.Tensor, seeds: np.ndarray) -> np.ndarray:
-        return render_seeded(self.models[name], inputs, seeds, self.precision)
+        """render_seeded in forward passes of self.chunk[name] candidates (sized once, on first use)."""
+        nets = self.models[name]
+        if name not in self.chunk:
+            self.chunk[name] = self.max_batch or inference_batch_size(
+                lambda x: render_seeded(nets, x, np.zeros(len(x), np.int64), self.precision), inputs[:1])
+        c = self.chunk[name]
+        return np.concatenate([render_seeded(nets, inputs[i:i + c], seeds[i:i + c], self.precision)
+                               for i in range(0, len(inputs), c)])
 
     def __call__(self, batch: dict) -> dict:
         b, n, s, _ = batch["var_mask"].shape
@@ -138,7 +153,7 @@ class GeneratorActor:
         sigmas, seeds = batch["noise_sigma"].reshape(-1), batch["seed"].reshape(-1)
         inputs = np.stack([add_input_noise(m, float(sg), int(sd)) if sg > 0 else m.astype(np.float32)
                            for m, sg, sd in zip(masks, sigmas, seeds)])
-        inputs_t = torch.from_numpy(inputs).unsqueeze(1).to(self.device)
+        inputs_t = to_device(torch.from_numpy(inputs).unsqueeze(1), self.device, self.channels_last)
         for name in self.models:
             images = self._render(name, inputs_t, seeds)
             batch[f"generated_{name}"] = images.reshape(b, n, s, s, -1)
@@ -251,7 +266,9 @@ def build_pipeline(sources: list[Source], cfg: Config, checkpoints: dict[str, st
                         compute=ray.data.ActorPoolStrategy(min_size=g.actors_min, max_size=g.actors_max),
                         fn_constructor_kwargs={"checkpoints": {k: ray.put(pack_dir(v)) for k, v in checkpoints.items()},
                                                "gpu": g.gpu, "precision": g.precision,
-                                               "segmenter": ray.put(pack_dir(segmenter)) if segmenter else ""},
+                                               "segmenter": ray.put(pack_dir(segmenter)) if segmenter else "",
+                                               "max_batch": g.max_batch, "channels_last": g.channels_last,
+                                               "compile": g.compile},
                         **actor_resources)
     return ds.map_batches(score_groups, batch_size=g.batch_size, num_cpus=0.25,
                           fn_kwargs={"weights": parse_weights(g.weights), "threshold": g.threshold,

@@ -17,6 +17,7 @@ from torch import nn
 
 from synthgen.config import Config
 from synthgen.data import tensor_to_image
+from synthgen.device import prepare_module, to_device
 from synthgen.diffaug import diff_augment
 from synthgen.losses import (discriminator_loss, discriminator_loss_terms, generator_adversarial_loss,
                              kl_divergence, l1_loss, vae_reconstruction_loss)
@@ -83,6 +84,7 @@ def build_state(cfg: Config, channels: int, device: torch.device | str = "cpu",
     for net in nets.values():
         if hasattr(net, "gradient_checkpointing"):
             net.gradient_checkpointing = t.grad_checkpoint
+        prepare_module(net, t.channels_last, t.compile)
     optimizers = {name: torch.optim.Adam(net.parameters(), lr=base_lr(cfg, name), betas=(t.beta1, 0.999))
                   for name, net in nets.items()}
     use_scaler = t.precision == "fp16"
@@ -218,7 +220,8 @@ def train_epoch(state: TrainState, batches: Iterable[dict[str, torch.Tensor]],
     steps, images, group = 0, 0, []
     t0 = time.perf_counter()
     for batch in batches:
-        batch = {k: v.to(state.device, non_blocking=True) for k, v in batch.items() if k in ("image", "mask")}
+        batch = {k: to_device(v, state.device, state.cfg.train.channels_last)
+                 for k, v in batch.items() if k in ("image", "mask")}
         group.append(stage_batch(batch, state.stage))
         if len(group) < accum:
             continue
