@@ -175,10 +175,17 @@ def generate_config(args, checkpoint: str, out: str, actors: int, **extra):
     g.actors_min = g.actors_max = actors
     g.cpus_per_actor = actor_cpus(args, actors)
     g.gpu = args.gpu
+    g.precision, g.channels_last, g.compile = args.precision, args.channels_last, args.compile
+    g.max_batch, g.scoring = args.max_batch, args.scoring
     for k, v in extra.items():
         setattr(g, k, v)
     cfg.validate()
     return cfg
+
+
+def actor_options(g) -> dict:
+    """The GeneratorActor keyword arguments build_pipeline passes for generate config `g`."""
+    return {"max_batch": g.max_batch, "channels_last": g.channels_last, "compile": g.compile}
 
 
 def source_inputs(cfg) -> tuple[list, int]:
@@ -244,7 +251,7 @@ def stage_profile(cfg, sources, channels: int, threads: int) -> dict:
         t0 = time.perf_counter()
         groups = make_variation_groups(batch, g.num_variations, kinds, g.seed, cfg.variations)
         t_var = time.perf_counter() - t0
-        actor = GeneratorActor(checkpoints, g.gpu, g.precision)
+        actor = GeneratorActor(checkpoints, g.gpu, g.precision, **actor_options(g))
         warm = {k: v[:1] for k, v in groups.items()}
         actor(dict(warm))                                   # first call: allocator, kernels
         t0 = time.perf_counter()
@@ -279,12 +286,12 @@ class TimedGeneratorActor:
 
     log_dir = ""
 
-    def __init__(self, checkpoints: dict, gpu: bool, precision: str):
+    def __init__(self, checkpoints: dict, gpu: bool, precision: str, **options):
         t0 = time.time()
         import synthgen.generate as generate_module  # the real actor's class is unpickled before its __init__
 
         t_import = time.time()
-        self.inner = generate_module.GeneratorActor(checkpoints, gpu, precision)
+        self.inner = generate_module.GeneratorActor(checkpoints, gpu, precision, **options)
         self.path = os.path.join(self.log_dir, f"actor-{os.getpid()}-{id(self)}.jsonl")
         self._log({"event": "init", "t0": t0, "t_import": t_import, "t1": time.time(), "threads": _torch_threads()})
 
@@ -389,6 +396,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="generate.threshold (default 0: accept and write every candidate)")
     p.add_argument("--quick", action="store_true", help="smoke test: 128 px, 2 pairs, 2 variations, 1 and 2 actors")
     p.add_argument("--gpu", action="store_true", help="generate.gpu (one GPU per actor) and the baseline on CUDA")
+    p.add_argument("--precision", default="fp32", help="generate.precision: fp32, bf16 or fp16 (GPU)")
+    p.add_argument("--channels-last", action="store_true", help="generate.channels_last")
+    p.add_argument("--compile", action="store_true", help="generate.compile (torch.compile in every actor)")
+    p.add_argument("--max-batch", type=int, default=0, help="generate.max_batch (default 0: sized to the device)")
+    p.add_argument("--scoring", default="auto", help="generate.scoring: auto, skimage or torch")
     p.add_argument("--cpus", type=int, default=None, help="CPUs given to the local Ray (default: all cores)")
     p.add_argument("--no-warmup", action="store_true",
                    help="skip the small untimed generate() that first starts Ray's worker processes")
@@ -551,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
               "cpus": args.cpus, "python": platform.python_version(), "model": "pix2pix ngf=ndf=64 (untrained)",
               "data": args.data or "isbi2012 sample", "pairs": len(pairs), "num_variations": args.variations,
               "batch_size": args.batch_size, "threshold": args.threshold, "idle_cpu_busy_before": idle_busy,
+              "precision": args.precision, "channels_last": args.channels_last, "compile": args.compile,
+              "max_batch": args.max_batch, "scoring": args.scoring,
               "wall_s": round(time.time() - started, 1), "baseline_other_processes_cpu_s": baseline_other,
               "results": results,
               "scorer_ms_per_sample": scorer_ms, "stage_ms_per_sample": stage_ms}

@@ -87,6 +87,7 @@ def bench_worker(loop_config: dict) -> None:
 
     from synthgen.config import Config
     from synthgen.data import Pair, PairDataset
+    from synthgen.device import to_device
     from synthgen.steps import STEPS, build_state, seed_epoch
 
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -117,7 +118,7 @@ def bench_worker(loop_config: dict) -> None:
 
     def one_step() -> None:
         b = next(batches)
-        step_fn(state, [{k: b[k].to(device, non_blocking=True) for k in ("image", "mask")}])
+        step_fn(state, [{k: to_device(b[k], device, cfg.train.channels_last) for k in ("image", "mask")}])
 
     def sync() -> None:
         if device.type == "cuda":
@@ -159,6 +160,9 @@ VARIANTS = {
     "fp32": {}, "bf16": {"train.precision": "bf16"}, "fp16": {"train.precision": "fp16"},
     "ckpt": {"train.grad_checkpoint": True}, "bf16+ckpt": {"train.precision": "bf16", "train.grad_checkpoint": True},
     "attention": {"pix2pix.generator": "attention_unet"},
+    "channels_last": {"train.channels_last": True},
+    "bf16+channels_last": {"train.precision": "bf16", "train.channels_last": True},
+    "compile": {"train.compile": True}, "bf16+compile": {"train.precision": "bf16", "train.compile": True},
 }
 """--variants: named config changes measured against each other (memory, speed)."""
 

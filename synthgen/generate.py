@@ -119,10 +119,12 @@ class GeneratorActor:
     """Loads the checkpoint(s) once per actor and renders every candidate of a batch of groups."""
 
     def __init__(self, checkpoints: dict, gpu: bool, precision: str, segmenter="", max_batch: int = 0,
-                 channels_last: bool = False, compile: bool = False) -> None:
+                 channels_last: bool = False, compile: bool = False,
+                 score_weights: dict[str, float] | None = None) -> None:
         """checkpoints: model name -> directory, or an object-store ref of storage.pack_dir(directory)
         (what the pipeline passes, so actors on any node get the weights); segmenter likewise.
-        max_batch: candidates per forward pass, 0 = device.inference_batch_size."""
+        max_batch: candidates per forward pass, 0 = device.inference_batch_size. score_weights: score
+        the candidates here, batched on the actor's device (generate.scoring 'torch'), else None."""
         from synthgen.segment import load_segmenter
 
         self.device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
@@ -132,6 +134,7 @@ class GeneratorActor:
             for net in nets.values():
                 prepare_module(net, channels_last, compile)
         self.precision, self.max_batch, self.channels_last = precision, max_batch, channels_last
+        self.score_weights = score_weights
         self.chunk: dict[str, int] = {}
         self.segmenter = load_segmenter(_local_dir(segmenter), self.device) if segmenter else None
         self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
@@ -162,7 +165,28 @@ class GeneratorActor:
 
                 batch[f"label_fidelity_{name}"] = np.array(
                     label_fidelity(self.segmenter, list(images), list(masks), s), np.float64).reshape(b, n)
+            if self.score_weights is not None:
+                self._score(batch, name, images)
         return batch
+
+    def _score(self, batch: dict, name: str, images: np.ndarray) -> None:
+        """quality_torch.score_batch over all candidates of the batch -> columns q_<metric>_<model> (b, n)."""
+        from synthgen.quality_torch import score_batch
+
+        b, n, s, _ = batch["var_mask"].shape
+
+        def flat(key: str) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(batch[key].reshape(b * n, *batch[key].shape[2:])))
+
+        fidelity = batch.get(f"label_fidelity_{name}")
+        scores = score_batch(
+            torch.from_numpy(images).to(self.device), flat("var_mask").to(self.device),
+            flat("ref_image").to(self.device), has_ref=torch.from_numpy(np.repeat(batch["has_image"], n)),
+            source_masks=flat("ref_mask"), groups=torch.arange(b).repeat_interleave(n),
+            weights=self.score_weights,
+            extra=None if fidelity is None else {"label_fidelity": torch.from_numpy(fidelity.reshape(-1))})
+        for metric, values in scores.items():
+            batch[f"q_{metric}_{name}"] = values.cpu().numpy().reshape(b, n)
 
 
 # ---------------------------------------------------------------- stage 3: scorer (CPU tasks)
@@ -180,11 +204,18 @@ def score_groups(batch: dict, weights: dict[str, float], threshold: float, model
         best: list[tuple[float, str, dict, np.ndarray]] = []
         for name in models:
             images = list(batch[f"generated_{name}"][g])
+            scored = [k[2:-len(name) - 1] for k in batch if k.startswith("q_") and k.endswith(f"_{name}")]
             for v, img in enumerate(images):
                 fidelity = batch.get(f"label_fidelity_{name}")
-                sc = assess_quality(img, batch["var_mask"][g][v], batch["ref_image"][g][v] if has_image else None,
-                                    images[:v] + images[v + 1:], w, source_mask=batch["ref_mask"][g][v],
-                                    extra=None if fidelity is None else {"label_fidelity": float(fidelity[g][v])})
+                if scored:  # already scored in the generator actor (generate.scoring 'torch')
+                    sc = {m: float(batch[f"q_{m}_{name}"][g][v]) for m in scored}
+                    if not has_image:
+                        sc.pop("ssim", None)
+                else:
+                    sc = assess_quality(img, batch["var_mask"][g][v],
+                                        batch["ref_image"][g][v] if has_image else None,
+                                        images[:v] + images[v + 1:], w, source_mask=batch["ref_mask"][g][v],
+                                        extra=None if fidelity is None else {"label_fidelity": float(fidelity[g][v])})
                 if len(best) <= v:
                     best.append((sc["overall_quality"], name, sc, img))
                 elif sc["overall_quality"] > best[v][0]:
@@ -245,6 +276,11 @@ def _checkpoints(g: GenerateConfig) -> tuple[dict[str, str], LoadedCheckpoint]:
     return {"pix2pix": main_dir, "vae": vae_dir}, main
 
 
+def torch_scoring(g: GenerateConfig) -> bool:
+    """generate.scoring resolved: score in the generator actors (batched torch) or in CPU tasks (skimage)."""
+    return g.scoring == "torch" or (g.scoring == "auto" and g.gpu)
+
+
 def build_pipeline(sources: list[Source], cfg: Config, checkpoints: dict[str, str], channels: int,
                    segmenter: str = "") -> "ray.data.Dataset":
     g = cfg.generate
@@ -268,7 +304,8 @@ def build_pipeline(sources: list[Source], cfg: Config, checkpoints: dict[str, st
                                                "gpu": g.gpu, "precision": g.precision,
                                                "segmenter": ray.put(pack_dir(segmenter)) if segmenter else "",
                                                "max_batch": g.max_batch, "channels_last": g.channels_last,
-                                               "compile": g.compile},
+                                               "compile": g.compile,
+                                               "score_weights": parse_weights(g.weights) if torch_scoring(g) else None},
                         **actor_resources)
     return ds.map_batches(score_groups, batch_size=g.batch_size, num_cpus=0.25,
                           fn_kwargs={"weights": parse_weights(g.weights), "threshold": g.threshold,

@@ -214,3 +214,21 @@ def test_label_fidelity_from_an_auto_segmenter(ray_2cpu, setup, tmp_path):
     again = generate(_cfg(setup, str(tmp_path / "lf2"), threshold=0.0, weights=weights,
                           segmenter=os.path.join(result.out, "segmenter")))
     assert again.generated == result.generated
+
+
+@pytest.mark.parametrize("model", ["pix2pix", "hybrid"])
+def test_torch_scoring_in_the_actors_matches_skimage(ray_2cpu, setup, runs, model):
+    """generate.scoring torch (what --gpu uses) gives the same scores and the same accepted set."""
+    root = setup["root"]
+    extra = {"model": "hybrid", "vae_checkpoint": setup["vae"]} if model == "hybrid" else {}
+    ref = runs["b"] if model == "pix2pix" else generate(
+        _cfg(setup, str(root / "hyb_sk"), threshold=runs["median"], scoring="skimage", **extra))
+    out = generate(_cfg(setup, str(root / f"torch_{model}"), threshold=runs["median"], scoring="torch", **extra))
+    a = pq.read_table(os.path.join(ref.out, "data")).to_pandas().set_index("id").sort_index()
+    b = pq.read_table(os.path.join(out.out, "data")).to_pandas().set_index("id").sort_index()
+    assert list(a.index) == list(b.index) and len(a) > 0
+    for metric in ("ssim", "iou", "edges", "diversity", "overall_quality"):
+        assert np.allclose(a[metric], b[metric], atol=1e-6, equal_nan=True), metric
+    assert (a["model"] == b["model"]).all()  # the data holds the accepted rows: same ids, same filter
+    assert _manifest(out.out)["counts"] == _manifest(ref.out)["counts"]
+    assert _manifest(out.out)["config"]["generate"]["scoring"] == "torch"
