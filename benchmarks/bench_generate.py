@@ -185,7 +185,11 @@ def generate_config(args, checkpoint: str, out: str, actors: int, **extra):
 
 def actor_options(g) -> dict:
     """The GeneratorActor keyword arguments build_pipeline passes for generate config `g`."""
-    return {"max_batch": g.max_batch, "channels_last": g.channels_last, "compile": g.compile}
+    from synthgen.generate import torch_scoring
+    from synthgen.quality import parse_weights
+
+    return {"max_batch": g.max_batch, "channels_last": g.channels_last, "compile": g.compile,
+            "score_weights": parse_weights(g.weights) if torch_scoring(g) else None}
 
 
 def source_inputs(cfg) -> tuple[list, int]:

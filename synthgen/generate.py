@@ -386,6 +386,7 @@ def generate(cfg: Config, overwrite: bool = False) -> GenerateResult:
             "score_means": {m: float(np.nanmean(v)) if v and not np.all(np.isnan(v)) else None
                             for m, v in writer.scores.items()},
             "run": {"seconds": round(seconds, 2), "samples_per_s": round(writer.generated / seconds, 2),
+                    "scoring": "torch" if torch_scoring(g) else "skimage",
                     "candidates_per_node": dict(sorted(writer.nodes.items())),
                     "duplicates_dropped": writer.duplicates},
         }

@@ -231,4 +231,4 @@ def test_torch_scoring_in_the_actors_matches_skimage(ray_2cpu, setup, runs, mode
         assert np.allclose(a[metric], b[metric], atol=1e-6, equal_nan=True), metric
     assert (a["model"] == b["model"]).all()  # the data holds the accepted rows: same ids, same filter
     assert _manifest(out.out)["counts"] == _manifest(ref.out)["counts"]
-    assert _manifest(out.out)["config"]["generate"]["scoring"] == "torch"
+    assert _manifest(out.out)["run"]["scoring"] == "torch" and _manifest(ref.out)["run"]["scoring"] == "skimage"
