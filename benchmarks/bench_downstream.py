@@ -34,6 +34,7 @@ def main() -> None:
     p.add_argument("--gen-steps", type=int, default=400)
     p.add_argument("--num-variations", type=int, default=4)
     p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--synthetic-fraction", type=float, default=0.5, help="evaluate.synthetic_fraction")
     p.add_argument("--conditions", default="real,classic,pix2pix,vae,hybrid")
     p.add_argument("--generator", default="unet", choices=["unet", "attention_unet"], help="pix2pix generator")
     p.add_argument("--cpus", type=int, default=os.cpu_count())
@@ -51,6 +52,7 @@ def main() -> None:
     e.out, e.k, e.seeds, e.image_size = args.out, args.k, args.seeds, args.image_size
     e.seg_steps, e.gen_steps, e.num_variations, e.threshold = args.seg_steps, args.gen_steps, args.num_variations, args.threshold
     e.conditions, e.gen_generator = args.conditions, args.generator
+    e.synthetic_fraction = args.synthetic_fraction
     cfg.validate()
 
     t0 = time.time()
@@ -65,7 +67,7 @@ def main() -> None:
              for c in ("pix2pix", "vae", "hybrid") if c in s}
     print(json.dumps({"benchmark": "downstream", "data": "isbi2012_em", "cpus": args.cpus,
                       "image_size": args.image_size, "seg_steps": args.seg_steps, "gen_steps": args.gen_steps,
-                      "seeds": args.seeds, "generator": args.generator, "wall_s": round(time.time() - t0, 1), "summary": s,
+                      "seeds": args.seeds, "generator": args.generator, "synthetic_fraction": args.synthetic_fraction, "wall_s": round(time.time() - t0, 1), "summary": s,
                       "gain_over_best_baseline_dice": gains}))
 
 
