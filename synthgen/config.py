@@ -64,8 +64,12 @@ class Pix2PixConfig:
     spectral_norm: bool = False
     """Spectral normalisation on the discriminator's convolutions (stabilises few-shot training)."""
     upsample: str = "resize"
-    """Generator decoder: 'resize' (nearest upsample + 3x3 conv, no checkerboard artefacts) or
-    'transpose' (the reference pix2pix transposed convolutions)."""
+    """Generator decoder: 'resize' (nearest upsample + 3x3 conv), 'bilinear' (bilinear upsample + 3x3
+    conv) or 'transpose' (the reference pix2pix transposed convolutions). 'resize' and 'transpose'
+    paint a fine periodic grid into flat regions after a few hundred steps on ISBI; 'bilinear' does
+    not, and scored 0.711 vs 0.688 Dice downstream (k = 5, 2 seeds: within noise), but it fits sharp
+    mask edges more slowly (L1 0.43 vs 0.26 after 120 steps on a one-pair toy), so it is not the
+    default yet."""
     dropout: bool = True
     """Dropout 0.5 in the three innermost decoder levels (pix2pix's noise source)."""
     diffaug: str = "color,translation,cutout"
@@ -432,7 +436,7 @@ class Config:
             (p.gan_mode in ("vanilla", "lsgan", "hinge"), "pix2pix.gan_mode must be vanilla, lsgan or hinge"),
             (p.generator in ("unet", "attention_unet") and self.evaluate.gen_generator in ("unet", "attention_unet"),
              "pix2pix.generator and evaluate.gen_generator must be unet or attention_unet"),
-            (p.upsample in ("resize", "transpose"), "pix2pix.upsample must be resize or transpose"),
+            (p.upsample in ("resize", "bilinear", "transpose"), "pix2pix.upsample must be resize, bilinear or transpose"),
             (p.lambda_l1 >= 0, "pix2pix.lambda_l1 must be >= 0"),
             (all(a in ("color", "translation", "cutout") for a in split_list(p.diffaug)),
              "pix2pix.diffaug is a comma list of color, translation, cutout"),

@@ -122,7 +122,7 @@ def test_section_must_be_a_mapping(tmp_path) -> None:
     ({"train.precision": "fp8"}, "train.precision"),
     ({"train.precision": "fp16"}, "fp16 needs --gpu"),
     ({"train.decay_start": 1.5}, "train.decay_start"),
-    ({"pix2pix.upsample": "bilinear"}, "pix2pix.upsample"),
+    ({"pix2pix.upsample": "bicubic"}, "pix2pix.upsample"),
     ({"pix2pix.diffaug": "color,blur"}, "pix2pix.diffaug"),
     ({"data.val_pairs": 3, "data.min_pairs": 3}, "data.min_pairs"),
 ])

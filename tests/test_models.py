@@ -31,11 +31,11 @@ def test_unet_depth(size: int, max_depth: int, min_bottleneck: int, expected: in
 
 
 def test_up_block_rejects_unknown_mode() -> None:
-    with pytest.raises(ValueError, match="bilinear"):
-        up_block(4, 4, "bilinear")
+    with pytest.raises(ValueError, match="bicubic"):
+        up_block(4, 4, "bicubic")
 
 
-@pytest.mark.parametrize("upsample", ["resize", "transpose"])
+@pytest.mark.parametrize("upsample", ["resize", "bilinear", "transpose"])
 @pytest.mark.parametrize("size,ngf", [(32, 4), (48, 4), (64, 4), (256, 8)])
 def test_generator_shape_and_range(size: int, ngf: int, upsample: str) -> None:
     torch.manual_seed(0)
@@ -281,3 +281,16 @@ def test_checkpointed_vae_gives_the_same_gradients() -> None:
     assert plain.keys() == ckpt.keys()
     for k in plain:
         torch.testing.assert_close(ckpt[k], plain[k], rtol=1e-5, atol=1e-7, msg=k)
+
+
+def test_bilinear_upsampling_leaves_no_blocks_on_a_ramp() -> None:
+    """'resize' copies each pixel into a 2x2 block (the source of the grid artefact); 'bilinear' keeps a
+    ramp a ramp. Same weights either way: the modes differ only in the parameter-free upsampling."""
+    ramp = torch.arange(16.0).repeat(16, 1)[None, None]  # rises by 1 per column
+    blocks = {mode: up_block(1, 1, mode) for mode in ("resize", "bilinear")}
+    blocks["bilinear"].load_state_dict(blocks["resize"].state_dict())
+    for block in blocks.values():
+        torch.nn.init.dirac_(block[1].weight)  # the conv passes its input through unchanged
+    steps = {mode: torch.diff(block(ramp)[0, 0, 8, 2:-2]) for mode, block in blocks.items()}
+    assert torch.allclose(steps["bilinear"], torch.full_like(steps["bilinear"], 0.5))
+    assert set(steps["resize"].tolist()) == {0.0, 1.0}

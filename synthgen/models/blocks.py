@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-UPSAMPLE_MODES = ("resize", "transpose")
+UPSAMPLE_MODES = ("resize", "bilinear", "transpose")
 
 
 def norm_layer(channels: int) -> nn.Module:
@@ -39,10 +39,16 @@ def down_block(in_channels: int, out_channels: int, *, act: bool = True, norm: b
 
 def up_block(in_channels: int, out_channels: int, upsample: str = "resize", bias: bool = False) -> nn.Sequential:
     """Doubles H and W: 'resize' = nearest x2 upsample + 3x3 conv (no checkerboard artefacts, Odena et
-    al. 2016); 'transpose' = ConvTranspose2d(4, 2, 1) as in the reference pix2pix."""
-    if upsample == "resize":
+    al. 2016); 'bilinear' = the same with bilinear upsampling; 'transpose' = ConvTranspose2d(4, 2, 1)
+    as in the reference pix2pix.
+
+    Why 'bilinear' exists: after ~750 steps on 5 ISBI pairs, 'resize' and 'transpose' generators both
+    paint a fine periodic grid into flat regions (nearest copies leave 2x2 blocks that the 3x3 conv
+    does not fully smooth, level after level); bilinear upsampling leaves none."""
+    if upsample in ("resize", "bilinear"):
         return nn.Sequential(
-            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Upsample(scale_factor=2, mode="nearest") if upsample == "resize"
+            else nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
             nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=bias),
         )
     if upsample == "transpose":
