@@ -37,6 +37,13 @@ def create_synthetic_dataloader(images_dir: str, masks_dir: str, batch_size: int
                       generator=torch.Generator().manual_seed(seed))
 
 
+def _image_shape(loader: DataLoader) -> tuple[int, int]:
+    """(channels, size) of the loader's images, from one dataset item: iterating the loader would load a
+    whole batch and advance its shuffling generator."""
+    image = loader.dataset[0]["image"]
+    return int(image.shape[0]), int(image.shape[-1])
+
+
 class SyntheticDataGenerator:
     """Train a pix2pix or conditional-VAE generator in this process and render images from masks."""
 
@@ -66,11 +73,11 @@ class SyntheticDataGenerator:
         start = self.state.epoch if self.state else 0
         self.cfg.train.epochs = start + num_epochs
         self.cfg.validate()
-        first = next(iter(dataloader))["image"]
+        channels, size = _image_shape(dataloader)
         if self.state is None:
-            self.state = build_state(self.cfg, first.shape[1], self.device, min_size)
+            self.state = build_state(self.cfg, channels, self.device, min_size)
         self._loader = dataloader
-        plan = plan or [Stage(first.shape[-1])] * num_epochs  # the loader's own resolution
+        plan = plan or [Stage(size)] * num_epochs  # the loader's own resolution
         dataset = dataloader.dataset
         target = self.cfg.train.epochs
         while self.state.epoch < target:
@@ -112,7 +119,7 @@ class SyntheticDataGenerator:
         loader = dataloader or self._loader
         if loader is None:
             raise ValueError("train_at_resolution: pass a dataloader on the first call")
-        size = next(iter(loader))["image"].shape[-1]
+        size = _image_shape(loader)[1]
         # The first stage builds the networks for `resolution`; they must still divide `size`.
         depth = (next(iter(self.state.nets.values())).depth if self.state
                  else depth_for(self.cfg.train.model, resolution))
@@ -126,7 +133,7 @@ class SyntheticDataGenerator:
             problem = f"need epochs >= 1 and 0 <= fade_in_epochs < epochs, got {epochs} and {fade_in_epochs}"
         if problem:
             raise ValueError(f"train_at_resolution: {problem}")
-        plan = stages([resolution], [epochs], fade_in_epochs, previous=self._trained_resolution())
+        plan = stages([resolution], [epochs], fade_in_epochs, previous=self._trained_resolution(), full=size)
         return self._train(self.cfg.train.model, loader, epochs, plan, min_size=resolution)
 
     def _trained_resolution(self) -> int | None:

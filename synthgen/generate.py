@@ -205,8 +205,8 @@ def score_groups(batch: dict, weights: dict[str, float], threshold: float, model
         for name in models:
             images = list(batch[f"generated_{name}"][g])
             scored = [k[2:-len(name) - 1] for k in batch if k.startswith("q_") and k.endswith(f"_{name}")]
+            fidelity = batch.get(f"label_fidelity_{name}")
             for v, img in enumerate(images):
-                fidelity = batch.get(f"label_fidelity_{name}")
                 if scored:  # already scored in the generator actor (generate.scoring 'torch')
                     sc = {m: float(batch[f"q_{m}_{name}"][g][v]) for m in scored}
                     if not has_image:

@@ -19,7 +19,7 @@ data-parallel worker agree on it without extra state. Plain PyTorch, no Ray.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -41,6 +41,13 @@ class Stage:
     """The resolution being faded out, None when not fading."""
     alpha: float = 1.0
     """Weight of `resolution` in the blend; 1.0 = no fade."""
+    full: int | None = field(default=None, compare=False)
+    """The data's own resolution (the schedule's last), None = `resolution`."""
+
+    @property
+    def pixel_ratio(self) -> float:
+        """(full / resolution)**2: what a loss summed per image is scaled by to mean the same at every stage."""
+        return (self.full / self.resolution) ** 2 if self.full else 1.0
 
 
 def _ints(text: str, key: str) -> list[int]:
@@ -96,14 +103,18 @@ def schedule_problems(cfg: Config) -> list[str]:
     return problems
 
 
-def stages(resolutions: list[int], epochs: list[int], fade_in_epochs: int, previous: int | None = None) -> list[Stage]:
+def stages(resolutions: list[int], epochs: list[int], fade_in_epochs: int, previous: int | None = None,
+           full: int | None = None) -> list[Stage]:
     """One Stage per epoch: `epochs[i]` epochs at `resolutions[i]`, each new resolution (including
-    the first, when `previous` is given) faded in over `fade_in_epochs` epochs."""
+    the first, when `previous` is given) faded in over `fade_in_epochs` epochs; `full`: the data's
+    resolution (default: the last of `resolutions`)."""
+    full = full or resolutions[-1]
     out = []
     for resolution, n in zip(resolutions, epochs):
         for k in range(n):
             fading = previous is not None and previous != resolution and k < fade_in_epochs
-            out.append(Stage(resolution, previous, (k + 1) / (fade_in_epochs + 1)) if fading else Stage(resolution))
+            alpha = (k + 1) / (fade_in_epochs + 1) if fading else 1.0
+            out.append(Stage(resolution, previous if fading else None, alpha, full))
         previous = resolution
     return out
 

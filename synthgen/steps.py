@@ -185,7 +185,7 @@ def vae_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> dict[
                               lambda r: unwrap(vae)(resize(b["image"], r), resize(b["mask"], r))[0])
             # Summed per image, so a coarser progressive stage would shrink it against the KL term;
             # scaling by the pixel ratio keeps beta's meaning the same at every resolution.
-            scale = (state.cfg.data.image_size / b["image"].shape[-1]) ** 2
+            scale = state.stage.pixel_ratio if state.stage else 1.0
             recon_loss = vae_reconstruction_loss(recon.float(), b["image"]) * scale
             kl = kl_divergence(mu.float(), logvar.float())
             loss = recon_loss + beta * kl

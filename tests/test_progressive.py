@@ -29,6 +29,8 @@ def test_schedule_gives_resolution_and_fade_weight_per_epoch():
     assert [round(s.alpha, 4) for s in plan] == [1, 1, 1, 0.3333, 0.6667, 1, 0.3333, 0.6667, 1]
     assert stage_for(cfg, 20) == Stage(256)  # a run given more epochs later stays at the last stage
     assert stage_for(_cfg(epochs=3), 1) == Stage(256)  # no schedule: data.image_size throughout
+    # A per-image sum at 64 px covers 1/16 of the pixels of one at 256 px: the VAE's scale.
+    assert plan[0].pixel_ratio == 16 and plan[-1].pixel_ratio == 1 and Stage(128).pixel_ratio == 1
 
 
 def test_epochs_split_evenly_later_stages_take_the_rest_or_as_given():
