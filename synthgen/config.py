@@ -72,6 +72,17 @@ class Pix2PixConfig:
     default yet."""
     dropout: bool = True
     """Dropout 0.5 in the three innermost decoder levels (pix2pix's noise source)."""
+    noise_channels: int = 0
+    """Channels of per-pixel N(0, 1) noise concatenated to the generator's mask input and to every
+    decoder level (OASIS-style 3D noise), so one mask renders with different textures; 0 = none (the
+    generator is then deterministic in eval mode). Generation seeds the noise per candidate."""
+    lambda_fm: float = 0.0
+    """Weight of the pix2pixHD feature-matching loss (L1 between the discriminator's features of the
+    real and the generated pair, averaged over its layers); 0 disables it. pix2pixHD uses 10."""
+    lambda_texture: float = 0.0
+    """Weight of the texture loss: L1 between Gram matrices of fixed random-filter features of the
+    generated and the real image, foreground and background separately (synthgen.losses.texture_loss;
+    no pretrained network); 0 disables it."""
     diffaug: str = "color,translation,cutout"
     """Differentiable augmentation applied to real and fake discriminator inputs in both G and D
     steps; comma list of color, translation, cutout; '' disables it."""

@@ -9,6 +9,8 @@ GAN modes: 'vanilla' (binary cross-entropy on logits, pix2pix), 'lsgan' (least s
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -78,3 +80,65 @@ def vae_reconstruction_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.
     would implicitly weight KL by H*W*C and push the model into ignoring z (posterior collapse).
     """
     return (recon - target).abs().flatten(1).sum(dim=1).mean()
+
+
+def feature_matching_loss(real_features: list[torch.Tensor], fake_features: list[torch.Tensor]) -> torch.Tensor:
+    """pix2pixHD's feature-matching loss (Wang et al. 2018): mean over the discriminator's layers of the
+    L1 distance between its features of the real and of the generated pair (real ones detached).
+
+    It asks the generator to reproduce the statistics the discriminator looks at, layer by layer,
+    instead of the pixels themselves, which is what pulls a high-L1 generator to the blurry mean."""
+    if len(real_features) != len(fake_features) or not real_features:
+        raise ValueError(f"need the same non-zero number of real and fake feature maps, "
+                         f"got {len(real_features)} and {len(fake_features)}")
+    terms = [l1_loss(fake.float(), real.detach().float()) for real, fake in zip(real_features, fake_features)]
+    return torch.stack(terms).mean()
+
+
+TEXTURE_WIDTHS = (16, 32, 32)
+"""Channels of the fixed random-filter layers of the texture loss (3x3 convs, each followed by ReLU and
+a 2x average pool, so the three layers see textures at 1x, 2x and 4x scale)."""
+
+
+@functools.lru_cache(maxsize=8)
+def random_filters(in_channels: int, seed: int = 0, widths: tuple[int, ...] = TEXTURE_WIDTHS) -> tuple[torch.Tensor, ...]:
+    """Fixed He-initialised 3x3 conv weights, a pure function of (in_channels, seed, widths).
+
+    Random, untrained filters are enough for Gram-matrix texture statistics (Ustyuzhaninov et al. 2017,
+    "What does it take to generate natural textures?"), and need no downloaded ImageNet network."""
+    g = torch.Generator().manual_seed(seed)
+    out, cin = [], in_channels
+    for w in widths:
+        out.append(torch.randn(w, cin, 3, 3, generator=g) * (2.0 / (cin * 9)) ** 0.5)
+        cin = w
+    return tuple(out)
+
+
+def _region_grams(image: torch.Tensor, mask: torch.Tensor, filters: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """Per layer: (B, 2, C, C) Gram matrices of the random features over the background (mask 0) and
+    the foreground (mask 1), each normalised by its (soft) pixel count."""
+    grams, x, m = [], image.float(), mask.float()
+    for weight in filters:
+        x = F.avg_pool2d(F.relu(F.conv2d(x, weight.to(x.device), padding=1)), 2)
+        m = F.avg_pool2d(m, 2)
+        regions = torch.stack([1.0 - m, m], dim=1)                       # (B, 2, 1, h, w)
+        f = x.unsqueeze(1) * regions                                      # (B, 2, C, h, w)
+        f = f.flatten(3)
+        count = regions.flatten(2).sum(-1).clamp_min(1.0)[..., None, None]  # (B, 2, 1, 1)
+        grams.append(torch.einsum("brcp,brdp->brcd", f, x.unsqueeze(1).flatten(3).expand_as(f)) / count)
+    return grams
+
+
+def texture_loss(fake: torch.Tensor, real: torch.Tensor, mask: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Gram-matrix texture loss (Gatys et al. 2015) on fixed random-filter features, per mask region.
+
+    fake, real: (B, C, H, W) images in [-1, 1] rendered from / belonging to the same `mask` (B, 1, H, W).
+    Foreground and background are compared separately, so a textured interior cannot be paid for by
+    noise on the membranes. Zero when fake == real."""
+    if fake.shape != real.shape or mask.shape[0] != fake.shape[0] or mask.shape[-2:] != fake.shape[-2:]:
+        raise ValueError(f"texture_loss: fake {tuple(fake.shape)}, real {tuple(real.shape)} and mask "
+                         f"{tuple(mask.shape)} must agree")
+    filters = random_filters(int(fake.shape[1]), seed)
+    terms = [l1_loss(gf, gr.detach()) for gf, gr in zip(_region_grams(fake, mask, filters),
+                                                       _region_grams(real, mask, filters))]
+    return torch.stack(terms).sum()

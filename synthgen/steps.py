@@ -20,7 +20,8 @@ from synthgen.data import tensor_to_image
 from synthgen.device import prepare_module, to_device
 from synthgen.diffaug import diff_augment
 from synthgen.losses import (discriminator_loss, discriminator_loss_terms, generator_adversarial_loss,
-                             kl_divergence, l1_loss, vae_reconstruction_loss)
+                             feature_matching_loss, kl_divergence, l1_loss, texture_loss,
+                             vae_reconstruction_loss)
 from synthgen.models import build_models
 from synthgen.progressive import Stage, faded, resize, stage_batch, stage_for
 from synthgen.quality import ssim
@@ -120,6 +121,22 @@ def _optimiser_step(state: TrainState, name: str) -> None:
     scaler.update()
 
 
+def _texture_terms(D: nn.Module, mask: torch.Tensor, real: torch.Tensor, fake: torch.Tensor,
+                   pc) -> dict[str, tuple[torch.Tensor, float]]:
+    """The optional generator terms that reward texture rather than the pixel mean, by loss name:
+    (value, weight). Feature matching compares D's features of the un-augmented pairs: DiffAugment
+    draws different parameters per sample, so augmented real and fake features would not line up."""
+    terms = {}
+    if pc.lambda_fm > 0:
+        with torch.no_grad():
+            real_features = D.features(torch.cat([mask, real], 1))
+        terms["loss/G_fm"] = (feature_matching_loss(real_features, D.features(torch.cat([mask, fake], 1))),
+                              pc.lambda_fm)
+    if pc.lambda_texture > 0:
+        terms["loss/G_texture"] = (texture_loss(fake, real, mask), pc.lambda_texture)
+    return terms
+
+
 def pix2pix_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     """One D and one G update over `batches` (grad_accum micro-batches).
 
@@ -154,10 +171,15 @@ def pix2pix_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> d
                 g_gan = generator_adversarial_loss(unwrap(D)(torch.cat([m, x], 1)), pc.gan_mode)
                 g_l1 = l1_loss(fake.float(), real)
                 loss_g = g_gan + pc.lambda_l1 * g_l1
+                extra = _texture_terms(unwrap(D), mask, real, fake, pc)
+                for value, weight in extra.values():
+                    loss_g = loss_g + weight * value
             state.scalers["generator"].scale(loss_g / n).backward()
             _set_requires_grad(D, True)
         for key, value in zip(sums, (g_gan, g_l1, d_real, d_fake)):
             sums[key] += float(value.detach()) / n
+        for key, (value, _) in extra.items():
+            sums[key] = sums.get(key, 0.0) + float(value.detach()) / n
     _optimiser_step(state, "discriminator")
     _optimiser_step(state, "generator")
     return sums
@@ -249,13 +271,19 @@ def format_metrics(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
     return f"epoch {epoch + 1}/{epochs}{at}  " + "  ".join(parts) + f"  ({metrics['time_s']:.1f}s)"
 
 
+def _noise_channels(gen: nn.Module) -> int:
+    return int(getattr(gen, "config", {}).get("noise_channels", 0))
+
+
 @torch.no_grad()
 def render(nets: dict[str, nn.Module], masks: torch.Tensor, num_samples: int = 1,
            generator: torch.Generator | None = None, prior_mean: bool = False) -> torch.Tensor:
     """Images for `masks` (B,1,H,W) -> (B, num_samples, C, H, W), nets in eval mode.
 
-    pix2pix is deterministic in eval mode, so its samples repeat; the VAE draws z ~ N(0, I) per sample,
-    or uses z = 0 (the prior mean) when `prior_mean` (used for validation, where we want one image).
+    pix2pix without noise channels is deterministic in eval mode, so its samples repeat; with them each
+    sample draws fresh noise (from `generator`; a fixed seed when `prior_mean`). The VAE draws
+    z ~ N(0, I) per sample, or uses z = 0 (the prior mean) when `prior_mean` (used for validation,
+    where we want one image).
     """
     if "vae" in nets:
         vae = unwrap(nets["vae"]).eval()
@@ -265,16 +293,22 @@ def render(nets: dict[str, nn.Module], masks: torch.Tensor, num_samples: int = 1
         out = vae.sample(masks, num_samples=num_samples, generator=generator)
         return out.view(len(masks), num_samples, *out.shape[1:])
     gen = unwrap(nets["generator"]).eval()
-    out = gen(masks)
-    return out.unsqueeze(1).expand(-1, num_samples, *out.shape[1:])
+    if not _noise_channels(gen):
+        out = gen(masks)
+        return out.unsqueeze(1).expand(-1, num_samples, *out.shape[1:])
+    if generator is None and prior_mean:
+        generator = torch.Generator().manual_seed(0)  # validation: the same noise every epoch
+    return torch.stack([gen(masks, gen.draw_noise(len(masks), *masks.shape[-2:], generator, masks.device))
+                        for _ in range(num_samples)], dim=1)
 
 
 def render_seeded(nets: dict[str, nn.Module], inputs: torch.Tensor, seeds: np.ndarray,
                   precision: str = "fp32") -> np.ndarray:
     """Generated images (B, H, W, C) uint8 for generator inputs (B,1,H,W) on the nets' device.
 
-    The VAE draws one z per row from a generator seeded by that row's seed, so an image depends on its
-    own seed only, never on how rows were batched; pix2pix is deterministic in eval mode."""
+    The VAE draws one z per row, and a noise-injected pix2pix its noise, from a generator seeded by that
+    row's seed, so an image depends on its own seed only, never on how rows were batched; pix2pix
+    without noise channels is deterministic in eval mode."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     with torch.inference_mode(), torch.autocast(inputs.device.type, dtype=dtype, enabled=dtype is not None):
         if "vae" in nets:
@@ -283,7 +317,13 @@ def render_seeded(nets: dict[str, nn.Module], inputs: torch.Tensor, seeds: np.nd
                              for s in seeds]).to(inputs.device)
             out = vae.decode(z, inputs)
         else:
-            out = unwrap(nets["generator"]).eval()(inputs)
+            gen = unwrap(nets["generator"]).eval()
+            if _noise_channels(gen):
+                per_row = [gen.draw_noise(1, *inputs.shape[-2:], torch.Generator().manual_seed(int(s)), inputs.device)
+                           for s in seeds]
+                out = gen(inputs, [torch.cat(level) for level in zip(*per_row)])
+            else:
+                out = gen(inputs)
     img = ((out.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return img.permute(0, 2, 3, 1).cpu().numpy()
 

@@ -50,7 +50,7 @@ def build_pix2pix(cfg: Config, channels: int, min_size: int | None = None) -> di
     generator = UNetGenerator(
         in_channels=1, out_channels=channels, image_size=cfg.data.image_size,
         ngf=p.ngf, upsample=p.upsample, dropout=p.dropout, attention=p.generator == "attention_unet",
-        min_size=min_size,
+        min_size=min_size, noise_channels=p.noise_channels,
     )
     discriminator = PatchDiscriminator(in_channels=1 + channels, ndf=p.ndf, spectral_norm=p.spectral_norm)
     return {"generator": init_weights(generator), "discriminator": init_weights(discriminator)}

@@ -32,6 +32,11 @@ class UNetGenerator(nn.Module):
     activations in the backward pass.
     `min_size` (progressive training): the smallest resolution the net must run at sets the depth
     instead, e.g. 6 for 64 px; the net then takes any multiple of 2**depth (64, 128, 256, ...).
+    `noise_channels` > 0 concatenates that many channels of per-pixel N(0, 1) noise to the mask and to
+    the input of every decoder level (OASIS's 3D noise, Schonfeld et al. 2021), so one mask gives
+    differently textured images; pix2pix's dropout is nearly ignored as a noise source (Isola et al.
+    say so). The noise is an input: `forward(mask, noise)` takes it from `draw_noise` (seedable) or
+    draws it from the global RNG.
     """
 
     def __init__(
@@ -44,13 +49,17 @@ class UNetGenerator(nn.Module):
         dropout: bool = True,
         attention: bool = False,
         min_size: int | None = None,
+        noise_channels: int = 0,
     ) -> None:
         super().__init__()
+        if noise_channels < 0:
+            raise ValueError(f"noise_channels must be >= 0, got {noise_channels}")
         if upsample not in UPSAMPLE_MODES:
             raise ValueError(f"unknown upsample mode '{upsample}' (known: {', '.join(UPSAMPLE_MODES)})")
         self.config = dict(
             in_channels=in_channels, out_channels=out_channels, image_size=image_size,
             ngf=ngf, upsample=upsample, dropout=dropout, attention=attention, min_size=min_size,
+            noise_channels=noise_channels,
         )
         self.gradient_checkpointing = False
         depth = self.depth = self.depth_for(min_size or image_size)
@@ -62,7 +71,7 @@ class UNetGenerator(nn.Module):
         for level in range(depth):
             innermost = level == depth - 1
             if level == 0:
-                block = down_block(in_channels, channels[0], act=False, norm=False)
+                block = down_block(in_channels + noise_channels, channels[0], act=False, norm=False)
             else:
                 block = down_block(channels[level - 1], channels[level], norm=not innermost)
             self.encoder.append(block)
@@ -71,7 +80,7 @@ class UNetGenerator(nn.Module):
         # with the matching encoder output, hence 2x input channels.
         self.decoder = nn.ModuleList()
         for level in reversed(range(depth)):
-            in_ch = channels[level] if level == depth - 1 else 2 * channels[level]
+            in_ch = (channels[level] if level == depth - 1 else 2 * channels[level]) + noise_channels
             layers: list[nn.Module] = [nn.ReLU()]
             if level == 0:
                 # Outermost: straight to image space; bias kept as no norm follows.
@@ -92,12 +101,35 @@ class UNetGenerator(nn.Module):
     def depth_for(size: int) -> int:
         return unet_depth(size)
 
-    def forward(self, mask: torch.Tensor) -> torch.Tensor:
-        """(B, in_channels, H, W) mask -> (B, out_channels, H, W) image in [-1, 1]."""
+    def noise_shapes(self, height: int, width: int) -> list[tuple[int, int, int]]:
+        """(C, H, W) of each noise tensor for an H x W input: the input's, then each decoder level's
+        (innermost first); [] without noise channels."""
+        if not self.config["noise_channels"]:
+            return []
+        c = self.config["noise_channels"]
+        return [(c, height, width)] + [(c, height >> (self.depth - i), width >> (self.depth - i))
+                                       for i in range(self.depth)]
+
+    def draw_noise(self, batch: int, height: int, width: int, generator: torch.Generator | None = None,
+                   device: torch.device | str = "cpu") -> list[torch.Tensor]:
+        """Fresh N(0, 1) noise for `batch` inputs of H x W, from `generator` (global RNG if None).
+
+        Drawn on the CPU when a generator is given, so a seed gives the same noise on every device."""
+        return [torch.randn((batch, *shape), generator=generator,
+                            device="cpu" if generator is not None else device).to(device)
+                for shape in self.noise_shapes(height, width)]
+
+    def forward(self, mask: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, in_channels, H, W) mask -> (B, out_channels, H, W) image in [-1, 1].
+
+        `noise`: draw_noise's tensors (ignored without noise channels); None draws them here."""
         check_input_size(mask, self.depth, "UNetGenerator")
         ckpt = self.gradient_checkpointing and self.training
         skips: list[torch.Tensor] = []
-        x = mask
+        if self.config["noise_channels"] and noise is None:
+            noise = self.draw_noise(len(mask), *mask.shape[-2:], device=mask.device)
+        noise = [n.to(mask.dtype) for n in noise] if self.config["noise_channels"] else []
+        x = torch.cat([mask, noise[0]], 1) if noise else mask
         for block in self.encoder:
             x = run_block(block, x, checkpointed=ckpt)
             skips.append(x)
@@ -108,6 +140,8 @@ class UNetGenerator(nn.Module):
                 if self.gates is not None:
                     skip = run_block(self.gates[i - 1], skip, x, checkpointed=ckpt)
                 x = torch.cat([x, skip], dim=1)
+            if noise:
+                x = torch.cat([x, noise[i + 1]], dim=1)
             x = run_block(block, x, checkpointed=ckpt)
         return x
 
@@ -143,3 +177,13 @@ class PatchDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, H, W) -> (B, 1, H', W') raw logits (no sigmoid: the losses take logits)."""
         return self.model(x)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The activations after every LeakyReLU, outermost first, then the logits: what the
+        pix2pixHD feature-matching loss compares between real and generated pairs."""
+        out = []
+        for layer in self.model:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                out.append(x)
+        return out + [x]
