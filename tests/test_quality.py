@@ -43,12 +43,22 @@ def test_edge_agreement_cases():
     assert edge_agreement(drawn[..., None], mask) > 0.95  # HxWx1
     assert edge_agreement(np.repeat(drawn[..., None], 3, axis=2), mask) > 0.95  # RGB
     flat = np.full((64, 64), 90, np.uint8)
-    assert edge_agreement(flat, mask) == 0.0  # boundary but no edge
-    assert edge_agreement(flat, np.zeros((64, 64), np.uint8)) == 1.0  # neither
-    assert edge_agreement(flat, np.ones((64, 64), np.uint8)) == 1.0  # full mask: no boundary either
-    assert edge_agreement(drawn, np.zeros((64, 64), np.uint8)) == 0.0  # edges but no boundary
-    # The edges of a disc far from the mask's disc match nothing.
+    assert edge_agreement(flat, mask) == 0.0  # boundary but no contrast across it
+    assert edge_agreement(255 - drawn, mask) > 0.95  # either polarity
+    assert edge_agreement(drawn // 20 + 100, mask) == edge_agreement(drawn, mask)  # 10 levels of contrast
+    # No boundary (empty or full mask): nothing to contradict, whatever the image shows.
+    for empty_or_full in (np.zeros((64, 64), np.uint8), np.ones((64, 64), np.uint8)):
+        assert edge_agreement(flat, empty_or_full) == 1.0 and edge_agreement(drawn, empty_or_full) == 1.0
+    # A disc far from the mask's disc leaves both bands flat.
     assert edge_agreement((disc_mask(cy=12, cx=50, r=8) * 200).astype(np.uint8), mask) == 0.0
+    # A 1 px line 8 gray levels darker than its noisy background still scores high.
+    line = np.zeros((64, 64), np.uint8)
+    line[:, 30] = 1
+    rng = np.random.default_rng(3)
+    faint = np.clip(120 - 8.0 * line + rng.normal(0, 2, line.shape), 0, 255).astype(np.uint8)
+    assert edge_agreement(faint, line) > 0.9
+    with pytest.raises(ValueError, match="band_px"):
+        edge_agreement(drawn, mask, band_px=0)
 
 
 def test_histogram_distance_and_diversity():
