@@ -33,7 +33,7 @@ from skimage.color import rgb2gray
 from skimage.metrics import structural_similarity
 from skimage.morphology import disk
 
-from synthgen.config import GenerateConfig
+from synthgen.config import GenerateConfig, parse_threshold
 
 METRICS = ("ssim", "iou", "edges", "diversity", "label_fidelity")
 """Metric names a weight may refer to (the keys assess_quality returns, besides overall_quality)."""
@@ -236,6 +236,53 @@ def assess_quality(sample: np.ndarray, reference_mask: np.ndarray, reference_ima
     scores.update(extra or {})  # metrics computed elsewhere, e.g. label_fidelity by the generator actor
     scores["overall_quality"] = overall_score(scores, weights)
     return scores
+
+
+def real_reference_score(pairs: list[tuple[np.ndarray, np.ndarray]], weights: dict[str, float],
+                         label_fidelity: list[float] | None = None) -> float:
+    """Median overall score of real (image, mask) pairs, each scored as a candidate of its own mask.
+
+    What each metric means for a real image scored against itself: ssim 1.0 and iou 1.0 (it is its
+    own reference and its label did not move: the ceiling a perfect candidate reaches); edges its
+    true boundary contrast (below 1 on faint or noisy data, which is what makes the reference
+    data-specific); diversity its mean histogram distance to the other real images (the natural
+    variation of the data; 0.0 for a single pair, as for a lone candidate); label_fidelity the given
+    per-pair values (a segmenter's IoU on the real image), required when it has a weight.
+
+        >>> mask = np.zeros((32, 32), np.uint8); mask[8:24, 8:24] = 1
+        >>> real_reference_score([((mask * 40 + 100).astype(np.uint8), mask)], {"iou": 1, "edges": 1})
+        1.0
+    """
+    if not pairs:
+        raise ValueError("real_reference_score: no real (image, mask) pairs")
+    if weights.get("label_fidelity") and (label_fidelity is None or len(label_fidelity) != len(pairs)):
+        raise ValueError("real_reference_score: weights use label_fidelity but no per-pair values are given")
+    diversity = diversity_scores([image for image, _ in pairs])
+    scores = []
+    for i, (image, mask) in enumerate(pairs):
+        extra = {"diversity": diversity[i]}
+        if label_fidelity is not None:
+            extra["label_fidelity"] = float(label_fidelity[i])
+        scores.append(assess_quality(image, mask, image, None, weights, source_mask=mask,
+                                     extra=extra)["overall_quality"])
+    return float(np.median(scores))
+
+
+def resolve_threshold(spec: str | float, pairs: list[tuple[np.ndarray, np.ndarray]], weights: dict[str, float],
+                      label_fidelity: list[float] | None = None) -> tuple[float, float | None]:
+    """(absolute threshold, real reference score or None) for a generate.threshold value.
+
+        >>> resolve_threshold("0.7", [], {"iou": 1.0})
+        (0.7, None)
+    """
+    kind, value = parse_threshold(spec)
+    if kind == "absolute":
+        return value, None
+    if not pairs:
+        raise ValueError(f"threshold '{spec}' is relative to the real images of the source masks, but none "
+                         "has one (give --images with --masks, or generate from the checkpoint's training pairs)")
+    reference = real_reference_score(pairs, weights, label_fidelity)
+    return value * reference, reference
 
 
 def parse_weights(text: str) -> dict[str, float]:

@@ -158,3 +158,25 @@ def test_assess_quality_with_a_variation():
     sample = (morph.mask * 200).astype(np.uint8)[..., None]
     scores = assess_quality(sample, morph.mask, real, source_mask=morph.reference_mask)
     assert scores["iou"] == pytest.approx(mask_iou(morph.mask, mask)) and scores["iou"] < 1.0
+
+
+def test_real_reference_score_and_resolve_threshold():
+    from synthgen.quality import real_reference_score, resolve_threshold
+
+    mask = disc_mask()
+    drawn = (mask * 200 + 20).astype(np.uint8)
+    flat = np.full_like(drawn, 90)
+    # ssim 1, iou 1 (a real image is its own reference, its label did not move); edges 1.0 (drawn) and
+    # 0.0 (flat); diversity = histogram distance between the two real images = 1.0 (disjoint gray levels).
+    weights = {"ssim": 0.3, "iou": 0.3, "edges": 0.2, "diversity": 0.2}
+    pairs = [(drawn, mask), (flat, mask)]
+    assert real_reference_score(pairs, weights) == pytest.approx(np.median([1.0, 0.8]))
+    assert real_reference_score(pairs[:1], weights) == pytest.approx(0.8)  # a lone image: diversity 0
+    threshold, reference = resolve_threshold("real:0.5", pairs, weights)
+    assert reference == pytest.approx(0.9) and threshold == pytest.approx(0.45)
+    assert resolve_threshold(0.3, [], weights) == (0.3, None)
+    with pytest.raises(ValueError, match="none has one"):
+        resolve_threshold("real:0.9", [], weights)
+    with pytest.raises(ValueError, match="label_fidelity"):
+        real_reference_score(pairs, {"iou": 1.0, "label_fidelity": 1.0})
+    assert real_reference_score(pairs, {"iou": 1.0, "label_fidelity": 1.0}, [0.5, 0.7]) == pytest.approx(0.8)
