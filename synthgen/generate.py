@@ -283,14 +283,9 @@ def torch_scoring(g: GenerateConfig) -> bool:
 
 
 def build_pipeline(sources: list[Source], cfg: Config, checkpoints: dict[str, str], channels: int,
-                   segmenter: str = "", threshold: float | None = None) -> "ray.data.Dataset":
-    """threshold: the resolved absolute threshold (see run_threshold); None = generate.threshold, which
-    must then be a number."""
+                   segmenter: str, threshold: float) -> "ray.data.Dataset":
+    """threshold: generate.threshold resolved to a number (run_threshold)."""
     g = cfg.generate
-    if threshold is None:
-        kind, threshold = parse_threshold(g.threshold)
-        if kind != "absolute":
-            raise ConfigError(f"build_pipeline: resolve generate.threshold '{g.threshold}' first (run_threshold)")
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # byte-identical outputs for a seed
     size = sources[0].mask.shape[0]

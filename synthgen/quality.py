@@ -22,6 +22,8 @@ Each synthetic sample gets four scores, combined by a weighted mean into `overal
 - **diversity** (0..1): mean gray-histogram distance to the other variations of the same source
   mask. High = the variations are not near-copies of each other. Raise it to fight mode collapse;
   set it to 0 when generating one variation per mask (a single sample scores 0).
+  It measures a group, not realism: an outlier (a flat or noise image) scores 0.6-0.9 among
+  real-looking siblings where a real image scores ~0.3, so ssim and edges must reject those.
 """
 from __future__ import annotations
 
