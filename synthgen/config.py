@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -212,8 +213,12 @@ class GenerateConfig:
     variations: str = "noise,elastic,morph"
     """Comma list of variation kinds, cycled over a mask's candidates: noise, elastic, affine, flip,
     crop, morph, latent (VAE: same mask, new z)."""
-    threshold: float = 0.8
-    """Accept a candidate when its weighted overall score is at least this."""
+    threshold: str = "0.8"
+    """Accept a candidate when its weighted overall score is at least this: an absolute number (any
+    finite value; -1 keeps everything), or 'real:F' (F > 0, e.g. real:0.9) = F times the median overall
+    score of the real images of the source masks, each scored as a candidate of its own mask (see
+    synthgen.quality.real_reference_score); needs sources with real images (--images or the training
+    pairs). The resolved number and the reference are recorded in manifest.json."""
     weights: str = "ssim=0.3,iou=0.3,edges=0.2,diversity=0.2"
     """Metric weights of the overall score (normalised by their sum)."""
     batch_size: int = 4
@@ -296,8 +301,9 @@ class EvaluateConfig:
     """pix2pix generator network of the evaluation: 'unet' or 'attention_unet' (see pix2pix.generator)."""
     num_variations: int = 8
     """Candidates per 128 px source tile in the generated sets."""
-    threshold: float = 0.5
-    """Generation acceptance threshold used for the synthetic sets (see README, Quality scores)."""
+    threshold: str = "0.5"
+    """Generation acceptance threshold used for the synthetic sets, as generate.threshold: a number or
+    'real:F' (then relative to the k real pairs of each condition)."""
     synthetic: str = ""
     """Optional ready-made synthetic dataset, evaluated as condition 'given' for every k (make sure
     it was generated from no more than those k pairs, or it leaks)."""
@@ -489,6 +495,9 @@ class Config:
             (g.precision in ("fp32", "bf16", "fp16"), "generate.precision must be fp32, bf16 or fp16"),
             (g.max_batch >= 0, "generate.max_batch must be >= 0 (0 = sized to the device)"),
             (g.scoring in ("auto", "skimage", "torch"), "generate.scoring must be auto, skimage or torch"),
+            *[(problem is None, f"{key} {problem}") for key, value in
+              (("generate.threshold", g.threshold), ("evaluate.threshold", self.evaluate.threshold))
+              for problem in [threshold_problem(value)]],
             (v.noise_sigma > 0, "variations.noise_sigma must be > 0"),
             (v.elastic_alpha >= 0 and v.elastic_sigma > 0, "variations: elastic_alpha >= 0 and elastic_sigma > 0"),
             (v.affine_degrees >= 0 and 0 <= v.affine_scale < 1 and v.affine_shift >= 0,
@@ -508,6 +517,32 @@ SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
 OBJECTIVES = {"val_ssim": "max", "val_l1": "min", "quality": "max", "label_fidelity": "max", "dice_gain": "max"}
 """Search objectives and their direction (computed in synthgen/objectives.py)."""
+
+
+def parse_threshold(value: str | float) -> tuple[str, float]:
+    """'0.8' -> ('absolute', 0.8); 'real:0.9' -> ('real', 0.9): F times the real images' median score.
+
+        >>> parse_threshold("real:0.9"), parse_threshold(0.5)
+        (('real', 0.9), ('absolute', 0.5))
+    """
+    text = str(value).strip()
+    kind, number = ("real", text[5:]) if text.lower().startswith("real:") else ("absolute", text)
+    try:
+        x = float(number)
+    except ValueError:
+        x = float("nan")
+    if not math.isfinite(x) or (kind == "real" and x <= 0):
+        raise ValueError(f"must be a number or 'real:F' with F > 0 (e.g. 0.8 or real:0.9), got {value!r}")
+    return kind, x
+
+
+def threshold_problem(value: str | float) -> str | None:
+    """parse_threshold's complaint about `value`, or None when it parses."""
+    try:
+        parse_threshold(value)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def parse_resources(text: str) -> dict[str, float]:

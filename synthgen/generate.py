@@ -22,11 +22,12 @@ import ray
 import torch
 
 from synthgen.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
-from synthgen.config import Config, ConfigError, GenerateConfig, VariationConfig, parse_resources, split_list
+from synthgen.config import (Config, ConfigError, GenerateConfig, VariationConfig, parse_resources,
+                             parse_threshold, split_list)
 from synthgen.device import inference_batch_size, prepare_module, to_device
 from synthgen.data import (DataError, Source, binarise_mask, find_masks, find_pairs, image_channels,
                            load_image, load_mask, tiles)
-from synthgen.quality import assess_quality, parse_weights, rejection_reason
+from synthgen.quality import assess_quality, parse_weights, rejection_reason, resolve_threshold
 from synthgen.steps import render_seeded
 from synthgen.storage import download_dir, exists, is_uri, pack_dir, unpack_dir
 from synthgen.variations import KINDS, add_input_noise, make_variation, variation_plan
@@ -282,7 +283,8 @@ def torch_scoring(g: GenerateConfig) -> bool:
 
 
 def build_pipeline(sources: list[Source], cfg: Config, checkpoints: dict[str, str], channels: int,
-                   segmenter: str = "") -> "ray.data.Dataset":
+                   segmenter: str, threshold: float) -> "ray.data.Dataset":
+    """threshold: generate.threshold resolved to a number (run_threshold)."""
     g = cfg.generate
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # byte-identical outputs for a seed
@@ -308,7 +310,7 @@ def build_pipeline(sources: list[Source], cfg: Config, checkpoints: dict[str, st
                                                "score_weights": parse_weights(g.weights) if torch_scoring(g) else None},
                         **actor_resources)
     return ds.map_batches(score_groups, batch_size=g.batch_size, num_cpus=0.25,
-                          fn_kwargs={"weights": parse_weights(g.weights), "threshold": g.threshold,
+                          fn_kwargs={"weights": parse_weights(g.weights), "threshold": threshold,
                                      "models": list(checkpoints)})
 
 
@@ -332,6 +334,23 @@ def fidelity_segmenter(g: GenerateConfig, sources: list[Source], out_tmp: str) -
     print(f"training the label-fidelity segmenter on {len(real)} real tiles ({g.segmenter_steps} steps)", flush=True)
     model = fit_segmenter(real, size, g.segmenter_steps, seed=g.seed)
     return save_segmenter(model, os.path.join(out_tmp, "segmenter"))
+
+
+def run_threshold(g: GenerateConfig, sources: list[Source], weights: dict[str, float],
+                  segmenter: str = "") -> tuple[float, float | None]:
+    """(absolute threshold, real reference score or None): generate.threshold resolved once per run;
+    'real:F' is relative to the sources' real tiles (quality.real_reference_score, same weights)."""
+    real = [(s.image, s.mask) for s in sources if s.image is not None]
+    fidelity = None
+    if parse_threshold(g.threshold)[0] == "real" and weights.get("label_fidelity") and real and segmenter:
+        from synthgen.segment import label_fidelity, load_segmenter
+
+        fidelity = label_fidelity(load_segmenter(segmenter), [image for image, _ in real],
+                                  [mask for _, mask in real], sources[0].mask.shape[0])
+    try:
+        return resolve_threshold(g.threshold, real, weights, fidelity)
+    except ValueError as e:
+        raise ConfigError(f"generate.threshold: {e}") from None
 
 
 @dataclass
@@ -370,15 +389,20 @@ def generate(cfg: Config, overwrite: bool = False) -> GenerateResult:
         if not ray.is_initialized():
             ray.init(include_dashboard=False, configure_logging=False)
         segmenter = fidelity_segmenter(g, sources, writer.tmp)
-        ds = build_pipeline(sources, cfg, checkpoints, main.channels, segmenter)
+        threshold, reference = run_threshold(g, sources, weights, segmenter)
+        if reference is not None:
+            print(f"threshold {g.threshold}: {threshold:.4f} (real reference score {reference:.4f})", flush=True)
+        ds = build_pipeline(sources, cfg, checkpoints, main.channels, segmenter, threshold)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             writer.add(batch)
         seconds = time.time() - t0
-        plots.plot_quality_metrics(writer.quality_report(g.threshold), os.path.join(writer.tmp, "quality.png"))
+        plots.plot_quality_metrics(writer.quality_report(threshold), os.path.join(writer.tmp, "quality.png"))
         manifest = {
             "config": {"generate": asdict(g), "variations": asdict(cfg.variations)},
             "checkpoints": {k: os.path.abspath(v) for k, v in checkpoints.items()},
             "checkpoint_sha256": checkpoint_hash(checkpoints),
+            # the absolute threshold applied; real_reference: the real images' median score ('real:F')
+            "threshold": {"spec": str(g.threshold), "resolved": threshold, "real_reference": reference},
             "counts": {"sources": len(sources), "generated": writer.generated, "accepted": writer.accepted,
                        "rejected": writer.generated - writer.accepted,
                        "rejected_by_reason": dict(sorted(writer.rejected_by_reason.items()))},

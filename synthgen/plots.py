@@ -122,6 +122,10 @@ def generate_summary_text(result, manifest: dict) -> str:
              f"accepted   {c['accepted']:>8}  ({100.0 * c['accepted'] / max(1, c['generated']):.0f}%)",
              f"rejected   {c['rejected']:>8}"]
     lines += [f"  {reason:<20}{n:>6}" for reason, n in c["rejected_by_reason"].items()]
+    t = manifest.get("threshold")
+    if t:
+        relative = f"  ({t['spec']} x real reference {t['real_reference']:.4f})" if t["real_reference"] is not None else ""
+        lines.append(f"threshold  {t['resolved']:>8.4f}{relative}")
     lines.append("mean scores: " + "  ".join(f"{k} {v:.3f}" for k, v in manifest["score_means"].items() if v is not None))
     lines += ["-" * 64, f"dataset    {result.out}", f"quality    {os.path.join(result.out, 'quality.png')}", "=" * 64]
     return "\n".join(lines)

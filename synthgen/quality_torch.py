@@ -8,12 +8,8 @@ scikit-image loop on CPU cannot keep up.
     scores = score_batch(samples, masks, ref_images, has_ref=has_ref, source_masks=src,
                          groups=group_ids, weights=parse_weights("ssim=0.3,iou=0.3,edges=0.2,diversity=0.2"))
 
-Scores are computed in float64 and, where a comparison can tie (Canny's smoothing, Sobel and
-non-maximum suppression), in scipy's order of floating-point operations, so they agree to ~1e-12 and
-edge maps are identical on gray images and on noisy RGB ones. One known gap: scikit-image's rgb2gray
-goes through BLAS, whose fused multiply-adds can round an RGB pixel's gray value one bit differently;
-on flat, noise-free RGB shapes that flips exact ties in non-maximum suppression (a few % of edge
-pixels, edges score up to ~0.05 off), which generated images, never exactly flat, do not hit.
+Scores are computed in float64 with scipy's own Gaussian kernel, and every score is a continuous
+function of the pixels (no thresholds to tie on), so they agree to ~1e-12, RGB included.
 """
 from __future__ import annotations
 
@@ -22,23 +18,10 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from synthgen.quality import _CANNY_SIGMA, DEFAULT_WEIGHTS
+from synthgen.quality import _STD_FLOOR, BAND_PX, DEFAULT_WEIGHTS, LOCAL_SIGMA
 
 _F64 = torch.float64
-# skimage.feature.canny's default thresholds; the low one reaches the suppression code as a C float.
-_LOW, _HIGH = float(np.float32(0.1)), 0.2
 _RGB_TO_GRAY = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray
-
-
-def _gaussian_weights(sigma: float) -> list[float]:
-    # The impulse response of scipy's own filter gives its kernel bit for bit: [centre, +-1, +-2, ...].
-    radius = int(4.0 * sigma + 0.5)
-    impulse = np.zeros(2 * radius + 1)
-    impulse[radius] = 1.0
-    return ndimage.gaussian_filter1d(impulse, sigma, mode="constant")[radius:].tolist()
-
-
-_GAUSS = _gaussian_weights(_CANNY_SIGMA)
 
 
 def _check_images(name: str, x: torch.Tensor) -> None:
@@ -108,118 +91,58 @@ def mask_iou_batch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(union == 0, 1.0, inter.to(_F64) / union.clamp(min=1))
 
 
-def _smooth(x: torch.Tensor, dim: int) -> torch.Tensor:
-    # scipy's correlate1d for a symmetric kernel: centre term, then the pairs from the outermost in.
-    r, n = len(_GAUSS) - 1, x.shape[dim]
-    xp = F.pad(x[:, None], (r, r, 0, 0) if dim == -1 else (0, 0, r, r), mode="replicate")[:, 0]  # mode="nearest"
-    out = xp.narrow(dim, r, n) * _GAUSS[0]
-    for k in range(r, 0, -1):
-        out = out + (xp.narrow(dim, r - k, n) + xp.narrow(dim, r + k, n)) * _GAUSS[k]
-    return out
-
-
-def canny_batch(gray: torch.Tensor) -> torch.Tensor:
-    """(B,H,W) bool edges as skimage.feature.canny(g, sigma=_CANNY_SIGMA, mode="nearest").
-
-    `gray`: uint8 images (converted as synthgen.quality._gray) or a float (B,H,W) gray batch in [0, 1].
-    """
-    if gray.dtype == torch.uint8:
-        gray = gray_batch(gray)
-    elif not gray.dtype.is_floating_point or gray.dim() != 3:
-        raise ValueError(f"canny_batch: expected uint8 images or a float (B,H,W) gray batch, "
-                         f"got {gray.dtype} {tuple(gray.shape)}")
-    s = _smooth(_smooth(gray.to(_F64), -2), -1)
-    H, W = s.shape[1:]
-    p = F.pad(s[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]  # ndimage.sobel's 'reflect' at 1 px
-
-    def at(di: int, dj: int, t: torch.Tensor = p) -> torch.Tensor:
-        return t[:, 1 + di:1 + di + H, 1 + dj:1 + dj + W]
-
-    dj = [at(k, 1) - at(k, -1) for k in (-1, 0, 1)]
-    di = [at(1, k) - at(-1, k) for k in (-1, 0, 1)]
-    jsobel, isobel = 2 * dj[1] + (dj[0] + dj[2]), 2 * di[1] + (di[0] + di[2])
-    mag = torch.sqrt(isobel * isobel + jsobel * jsobel)
-
-    # Non-maximum suppression as skimage's _nonmaximum_suppression_bilinear, all four sectors at once.
-    ai, aj = isobel.abs(), jsobel.abs()
-    same_sign = (isobel <= 0) == (jsobel <= 0)
-    steep = torch.where(same_sign, ai > aj, ~(ai < aj))  # gradient closer to axis 0 than to axis 1
-    w = torch.where(steep, aj / ai, ai / aj)
-    m = F.pad(mag, (1, 1, 1, 1))
-
-    def pick(steep_same, flat_same, steep_opp, flat_opp):
-        same = torch.where(steep, at(*steep_same, m), at(*flat_same, m))
-        return torch.where(same_sign, same, torch.where(steep, at(*steep_opp, m), at(*flat_opp, m)))
-
-    n11 = pick((1, 0), (0, 1), (-1, 0), (0, 1))
-    n12 = pick((1, 1), (1, 1), (-1, 1), (-1, 1))
-    n21 = pick((-1, 0), (0, -1), (1, 0), (0, -1))
-    n22 = pick((-1, -1), (-1, -1), (1, -1), (1, -1))
-    interior = torch.zeros_like(mag, dtype=torch.bool)
-    interior[:, 1:-1, 1:-1] = True  # skimage's eroded mask: the image border never holds an edge
-    low = (interior & (mag >= _LOW) & (n12 * w + n11 * (1.0 - w) <= mag)
-           & (n22 * w + n21 * (1.0 - w) <= mag))
-    return _hysteresis(low, low & (mag >= _HIGH))
-
-
-def _hysteresis(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    # skimage labels the 8-connected components of `low` and keeps those holding a `high` pixel. Same
-    # here, on the few low pixels only, by min-label propagation with pointer jumping: each round
-    # halves path lengths, so a long edge takes a few rounds, not one round per pixel of its length.
-    # Low pixels never touch the image border, so flat offsets never wrap across rows or images.
-    B, H, W = low.shape
-    pos = low.flatten().nonzero().squeeze(1)
-    n = pos.numel()
-    ids = torch.full((B * H * W,), n, dtype=torch.long, device=low.device)  # n: "not a low pixel"
-    ids[pos] = torch.arange(n, device=low.device)
-    offsets = torch.tensor([-W - 1, -W, -W + 1, -1, 1, W - 1, W, W + 1], device=low.device)
-    neighbours = ids[pos[:, None] + offsets]  # (n, 8)
-    label = torch.arange(n + 1, device=low.device)  # label[n] = n stays the largest, never chosen
-    while True:
-        smallest = torch.minimum(label[neighbours].amin(dim=1), label[:n])
-        new = label.clone()
-        new[:n] = smallest
-        new.scatter_reduce_(0, label[:n], smallest, reduce="amin")  # hook the old label's root too
-        new = new[new[new]]
-        if torch.equal(new, label):
-            break
-        label = new
-    seeded = torch.zeros(n + 1, dtype=torch.bool, device=low.device)
-    seeded[label[:n][high.flatten()[pos]]] = True
-    out = torch.zeros(B * H * W, dtype=torch.bool, device=low.device)
-    out[pos[seeded[label[:n]]]] = True
-    return out.view(B, H, W)
-
-
-def _inner_boundary(m: torch.Tensor) -> torch.Tensor:
-    # find_boundaries(mode="inner"): a foreground pixel with a 4-neighbour in the background; the
-    # image border is replicated ('reflect' erosion), so it is not a boundary by itself.
-    p = F.pad(m[:, None].float(), (1, 1, 1, 1), mode="replicate")[:, 0]
-    H, W = m.shape[1:]
-    eroded = torch.stack([p[:, 1 + i:1 + i + H, 1 + j:1 + j + W]
-                          for i, j in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))]).amin(0)
-    return m & (eroded == 0)
-
-
 def _dilate_disk(x: torch.Tensor, r: int) -> torch.Tensor:
+    # conv2d pads with zeros: outside the image is not foreground, as ndimage's border_value=0.
     k = torch.arange(-r, r + 1, device=x.device)
     disk = ((k[:, None] ** 2 + k[None, :] ** 2) <= r * r).float()  # skimage.morphology.disk(r)
     return F.conv2d(x[:, None].float(), disk[None, None], padding=r)[:, 0] > 0.5
 
 
-def edge_agreement_batch(images: torch.Tensor, masks: torch.Tensor, tolerance_px: int = 2) -> torch.Tensor:
-    """(B,) F1 of Canny edges vs inner mask boundaries within `tolerance_px`, as quality.edge_agreement."""
+def boundary_bands_batch(masks: torch.Tensor, band_px: int = BAND_PX) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inner, outer) (B,H,W) bool bands as synthgen.quality.boundary_bands."""
+    if band_px < 1:
+        raise ValueError(f"band_px must be >= 1, got {band_px}")
+    return masks & _dilate_disk(~masks, band_px), ~masks & _dilate_disk(masks, band_px)
+
+
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    # The impulse response of scipy's own filter gives its kernel bit for bit (radius 4 sigma).
+    radius = int(4.0 * sigma + 0.5)
+    impulse = np.zeros(2 * radius + 1)
+    impulse[radius] = 1.0
+    return torch.from_numpy(ndimage.gaussian_filter1d(impulse, sigma, mode="constant"))
+
+
+_KERNEL = _gaussian_kernel(LOCAL_SIGMA)
+
+
+def _smooth(x: torch.Tensor) -> torch.Tensor:
+    """(B,H,W) float64 Gaussian filter as ndimage.gaussian_filter(x, LOCAL_SIGMA, mode="constant")."""
+    k, r = _KERNEL.to(x.device), len(_KERNEL) // 2
+    x = F.conv2d(x[:, None], k.view(1, 1, -1, 1), padding=(r, 0))  # zero padding = mode "constant"
+    return F.conv2d(x, k.view(1, 1, 1, -1), padding=(0, r))[:, 0]
+
+
+def _band_stats(gray: torch.Tensor, band: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    b = band.to(_F64)
+    weight = _smooth(b).clamp(min=1e-300)
+    mean = _smooth(gray * b) / weight
+    return mean, (_smooth(gray * gray * b) / weight - mean * mean).clamp(min=0.0)
+
+
+def edge_agreement_batch(images: torch.Tensor, masks: torch.Tensor, band_px: int = BAND_PX) -> torch.Tensor:
+    """(B,) boundary contrast |mean tanh(local contrast / local std)| as quality.edge_agreement."""
     _check_images("edge_agreement_batch: images", images)
     masks = _check_masks("edge_agreement_batch: masks", masks, images.shape[:3], images.device)
-    if tolerance_px < 0:
-        raise ValueError(f"edge_agreement_batch: tolerance_px must be >= 0, got {tolerance_px}")
-    edges, boundary = canny_batch(images), _inner_boundary(masks)
-    n_e, n_b = edges.sum(dim=(1, 2)), boundary.sum(dim=(1, 2))
-    precision = (edges & _dilate_disk(boundary, tolerance_px)).sum(dim=(1, 2)) / n_e.clamp(min=1).to(_F64)
-    recall = (boundary & _dilate_disk(edges, tolerance_px)).sum(dim=(1, 2)) / n_b.clamp(min=1).to(_F64)
-    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    f1 = torch.where((n_e == 0) | (n_b == 0), 0.0, f1)
-    return torch.where((n_e == 0) & (n_b == 0), 1.0, f1)
+    inner, outer = boundary_bands_batch(masks, band_px)
+    gray = gray_batch(images)
+    (mean_in, var_in), (mean_out, var_out) = (_band_stats(gray, band) for band in (inner, outer))
+    diff = mean_in - mean_out
+    diff = torch.where(diff.abs() < _STD_FLOOR, 0.0, diff)  # float rounding, as quality.edge_agreement
+    t = torch.tanh(diff / (((var_in + var_out) / 2).sqrt() + _STD_FLOOR))
+    n_in = inner.sum(dim=(1, 2))
+    score = torch.where(inner, t, 0.0).sum(dim=(1, 2)).abs() / n_in.clamp(min=1).to(_F64)
+    return torch.where((n_in == 0) | (outer.sum(dim=(1, 2)) == 0), 1.0, score)
 
 
 def histograms_batch(images: torch.Tensor, bins: int = 32) -> torch.Tensor:
@@ -256,7 +179,7 @@ def _diversity(h: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
 def score_batch(samples: torch.Tensor, masks: torch.Tensor, ref_images: torch.Tensor | None = None,
                 has_ref: torch.Tensor | None = None, source_masks: torch.Tensor | None = None,
                 groups: torch.Tensor | None = None, weights: dict[str, float] | None = None,
-                extra: dict[str, torch.Tensor] | None = None, tolerance_px: int = 2,
+                extra: dict[str, torch.Tensor] | None = None, band_px: int = BAND_PX,
                 bins: int = 32, chunk_size: int | None = None) -> dict[str, torch.Tensor]:
     """Per-sample scores as synthgen.quality.assess_quality, each a (B,) float64 tensor.
 
@@ -289,7 +212,7 @@ def score_batch(samples: torch.Tensor, masks: torch.Tensor, ref_images: torch.Te
         weights.pop("ssim", None)
     scores["iou"] = (torch.ones(B, dtype=_F64, device=dev) if source_masks is None
                      else mask_iou_batch(masks, source_masks.to(dev)))
-    scores["edges"] = chunked(lambda x, m: edge_agreement_batch(x, m, tolerance_px), samples, masks)
+    scores["edges"] = chunked(lambda x, m: edge_agreement_batch(x, m, band_px), samples, masks)
     scores["diversity"] = (torch.zeros(B, dtype=_F64, device=dev) if groups is None
                            else _diversity(chunked(lambda x: histograms_batch(x, bins), samples), groups))
     scores.update({k: torch.as_tensor(v, dtype=_F64, device=dev) for k, v in (extra or {}).items()})

@@ -208,3 +208,22 @@ def test_empty_file_gives_defaults(tmp_path) -> None:
 
 def test_config_error_is_a_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
+
+
+@pytest.mark.parametrize("key", ["generate.threshold", "evaluate.threshold"])
+@pytest.mark.parametrize("bad", ["real:", "real:x", "real:-1", "real:0", "foo", "nan", ""])
+def test_bad_thresholds_name_the_key(key, bad) -> None:
+    with pytest.raises(ConfigError) as e:
+        Config.from_yaml(overrides={key: bad})
+    assert key in str(e.value) and repr(bad) in str(e.value) and "real:F" in str(e.value)
+
+
+def test_thresholds_absolute_or_relative(tmp_path) -> None:
+    from synthgen.config import parse_threshold
+
+    cfg = Config.from_yaml(_write(tmp_path, "generate:\n  threshold: 0.65\nevaluate:\n  threshold: real:0.8\n"))
+    assert cfg.generate.threshold == "0.65" and cfg.evaluate.threshold == "real:0.8"  # YAML float -> str
+    assert parse_threshold(cfg.generate.threshold) == ("absolute", 0.65)
+    assert parse_threshold(cfg.evaluate.threshold) == ("real", 0.8)
+    assert parse_threshold(" REAL:1.2 ") == ("real", 1.2) and parse_threshold(-1.0) == ("absolute", -1.0)
+    assert Config.from_yaml(overrides={"generate.threshold": "real:0.9"}).generate.threshold == "real:0.9"

@@ -232,3 +232,27 @@ def test_torch_scoring_in_the_actors_matches_skimage(ray_2cpu, setup, runs, mode
     assert (a["model"] == b["model"]).all()  # the data holds the accepted rows: same ids, same filter
     assert _manifest(out.out)["counts"] == _manifest(ref.out)["counts"]
     assert _manifest(out.out)["run"]["scoring"] == "torch" and _manifest(ref.out)["run"]["scoring"] == "skimage"
+
+
+def test_relative_threshold_end_to_end(ray_2cpu, setup, runs, tmp_path, capsys):
+    """threshold real:0.9 = 0.9 x the real tiles' median score, recorded in the manifest and summary,
+    and it filters exactly like that absolute threshold (run A holds every candidate's score)."""
+    from synthgen.generate import load_sources
+    from synthgen.checkpoint import load_checkpoint
+    from synthgen.quality import DEFAULT_WEIGHTS, real_reference_score
+
+    result = generate(_cfg(setup, str(tmp_path / "rel"), threshold="real:0.9"))
+    t = _manifest(result.out)["threshold"]
+    main_ckpt = load_checkpoint(setup["pix2pix"])
+    sources = load_sources(_cfg(setup, "unused").generate, main_ckpt.cfg, main_ckpt.channels)
+    reference = real_reference_score([(s.image, s.mask) for s in sources], DEFAULT_WEIGHTS)
+    assert t["spec"] == "real:0.9" and t["real_reference"] == pytest.approx(reference)
+    assert t["resolved"] == pytest.approx(0.9 * reference) and 0.5 < reference <= 1.0
+    a = pq.read_table(os.path.join(runs["a"].out, "data"))
+    kept = {i for i, s in zip(a.column("id").to_pylist(), a.column("overall_quality").to_pylist())
+            if s >= t["resolved"]}
+    assert set(pq.read_table(os.path.join(result.out, "data")).column("id").to_pylist()) == kept
+    assert f"threshold  {t['resolved']:>8.4f}  (real:0.9 x real reference {reference:.4f})" in capsys.readouterr().out
+    assert _manifest(runs["a"].out)["threshold"] == {"spec": "0.0", "resolved": 0.0, "real_reference": None}
+    with pytest.raises(ConfigError, match="real images"):  # masks without images: no reference
+        generate(_cfg(setup, str(tmp_path / "none"), threshold="real:0.9", images=""))

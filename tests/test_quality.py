@@ -43,12 +43,22 @@ def test_edge_agreement_cases():
     assert edge_agreement(drawn[..., None], mask) > 0.95  # HxWx1
     assert edge_agreement(np.repeat(drawn[..., None], 3, axis=2), mask) > 0.95  # RGB
     flat = np.full((64, 64), 90, np.uint8)
-    assert edge_agreement(flat, mask) == 0.0  # boundary but no edge
-    assert edge_agreement(flat, np.zeros((64, 64), np.uint8)) == 1.0  # neither
-    assert edge_agreement(flat, np.ones((64, 64), np.uint8)) == 1.0  # full mask: no boundary either
-    assert edge_agreement(drawn, np.zeros((64, 64), np.uint8)) == 0.0  # edges but no boundary
-    # The edges of a disc far from the mask's disc match nothing.
+    assert edge_agreement(flat, mask) == 0.0  # boundary but no contrast across it
+    assert edge_agreement(255 - drawn, mask) > 0.95  # either polarity
+    assert edge_agreement(drawn // 20 + 100, mask) == edge_agreement(drawn, mask)  # 10 levels of contrast
+    # No boundary (empty or full mask): nothing to contradict, whatever the image shows.
+    for empty_or_full in (np.zeros((64, 64), np.uint8), np.ones((64, 64), np.uint8)):
+        assert edge_agreement(flat, empty_or_full) == 1.0 and edge_agreement(drawn, empty_or_full) == 1.0
+    # A disc far from the mask's disc leaves both bands flat.
     assert edge_agreement((disc_mask(cy=12, cx=50, r=8) * 200).astype(np.uint8), mask) == 0.0
+    # A 1 px line 8 gray levels darker than its noisy background still scores high.
+    line = np.zeros((64, 64), np.uint8)
+    line[:, 30] = 1
+    rng = np.random.default_rng(3)
+    faint = np.clip(120 - 8.0 * line + rng.normal(0, 2, line.shape), 0, 255).astype(np.uint8)
+    assert edge_agreement(faint, line) > 0.9
+    with pytest.raises(ValueError, match="band_px"):
+        edge_agreement(drawn, mask, band_px=0)
 
 
 def test_histogram_distance_and_diversity():
@@ -148,3 +158,25 @@ def test_assess_quality_with_a_variation():
     sample = (morph.mask * 200).astype(np.uint8)[..., None]
     scores = assess_quality(sample, morph.mask, real, source_mask=morph.reference_mask)
     assert scores["iou"] == pytest.approx(mask_iou(morph.mask, mask)) and scores["iou"] < 1.0
+
+
+def test_real_reference_score_and_resolve_threshold():
+    from synthgen.quality import real_reference_score, resolve_threshold
+
+    mask = disc_mask()
+    drawn = (mask * 200 + 20).astype(np.uint8)
+    flat = np.full_like(drawn, 90)
+    # ssim 1, iou 1 (a real image is its own reference, its label did not move); edges 1.0 (drawn) and
+    # 0.0 (flat); diversity = histogram distance between the two real images = 1.0 (disjoint gray levels).
+    weights = {"ssim": 0.3, "iou": 0.3, "edges": 0.2, "diversity": 0.2}
+    pairs = [(drawn, mask), (flat, mask)]
+    assert real_reference_score(pairs, weights) == pytest.approx(np.median([1.0, 0.8]))
+    assert real_reference_score(pairs[:1], weights) == pytest.approx(0.8)  # a lone image: diversity 0
+    threshold, reference = resolve_threshold("real:0.5", pairs, weights)
+    assert reference == pytest.approx(0.9) and threshold == pytest.approx(0.45)
+    assert resolve_threshold(0.3, [], weights) == (0.3, None)
+    with pytest.raises(ValueError, match="none has one"):
+        resolve_threshold("real:0.9", [], weights)
+    with pytest.raises(ValueError, match="label_fidelity"):
+        real_reference_score(pairs, {"iou": 1.0, "label_fidelity": 1.0})
+    assert real_reference_score(pairs, {"iou": 1.0, "label_fidelity": 1.0}, [0.5, 0.7]) == pytest.approx(0.8)
