@@ -246,6 +246,14 @@ class GenerateConfig:
     `label_fidelity=...` in weights)."""
     segmenter_steps: int = 300
     """Training steps of the 'auto' segmenter (batch 8)."""
+    realism: bool = True
+    """After generation, measure the realism of a random sample of accepted images against the
+    sources' real images (synthgen.realism: per-region texture figures, spectrum distance, C2ST
+    accuracy; a few seconds on CPU), into manifest.json 'realism', the summary and realism.png.
+    Without real images (mask-only sources) the manifest records null and the reason."""
+    realism_samples: int = 64
+    """At most this many accepted images (reservoir sample, seeded by `seed`) and this many real
+    source tiles (evenly spread) enter the realism figures. >= 2."""
 
 
 @dataclass
@@ -477,6 +485,7 @@ class Config:
             (_resources_ok(g.actor_resources), "generate.actor_resources is a comma list of name=amount (amount > 0)"),
             (g.precision in ("fp32", "bf16", "fp16"), "generate.precision must be fp32, bf16 or fp16"),
             (g.max_batch >= 0, "generate.max_batch must be >= 0 (0 = sized to the device)"),
+            (g.realism_samples >= 2, "generate.realism_samples must be >= 2 (the C2ST holds out half)"),
             (g.scoring in ("auto", "skimage", "torch"), "generate.scoring must be auto, skimage or torch"),
             (v.noise_sigma > 0, "variations.noise_sigma must be > 0"),
             (v.elastic_alpha >= 0 and v.elastic_sigma > 0, "variations: elastic_alpha >= 0 and elastic_sigma > 0"),
