@@ -323,9 +323,11 @@ class SearchConfig:
     """What the search optimises, measured on the validation pairs after every epoch: val_ssim,
     val_l1, quality (generate.weights score without diversity), label_fidelity (IoU of a segmenter
     trained on the real training pairs, run on generated images) or dice_gain (a segmenter trained on
-    real + generated pairs vs on real pairs alone; costs seg_steps steps per epoch)."""
+    real + generated pairs vs on real pairs alone; costs seg_steps steps per epoch) or realism (C2ST
+    accuracy of a small CNN telling generated from real validation tiles, 0.5 = indistinguishable;
+    minimised; a few seconds per epoch on CPU)."""
     mode: str = ""
-    """'max' or 'min'; '' = the objective's own direction (min for val_l1, max otherwise)."""
+    """'max' or 'min'; '' = the objective's own direction (min for val_l1 and realism, max otherwise)."""
     val_images: str = ""
     """Held-out validation images for the objective; '' = hold out data.val_pairs training pairs."""
     val_masks: str = ""
@@ -504,7 +506,8 @@ def _progressive_checks(cfg: Config) -> list[tuple[bool, str]]:
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
-OBJECTIVES = {"val_ssim": "max", "val_l1": "min", "quality": "max", "label_fidelity": "max", "dice_gain": "max"}
+OBJECTIVES = {"val_ssim": "max", "val_l1": "min", "quality": "max", "label_fidelity": "max", "dice_gain": "max",
+              "realism": "min"}
 """Search objectives and their direction (computed in synthgen/objectives.py)."""
 
 
