@@ -262,6 +262,14 @@ class GenerateConfig:
     `label_fidelity=...` in weights)."""
     segmenter_steps: int = 300
     """Training steps of the 'auto' segmenter (batch 8)."""
+    realism: bool = True
+    """After generation, measure the realism of a random sample of accepted images against the
+    sources' real images (synthgen.realism: per-region texture figures, spectrum distance, C2ST
+    accuracy; a few seconds on CPU), into manifest.json 'realism', the summary and realism.png.
+    Without real images (mask-only sources) the manifest records null and the reason."""
+    realism_samples: int = 64
+    """At most this many accepted images (reservoir sample, seeded by `seed`) and this many real
+    source tiles (evenly spread) enter the realism figures. >= 2."""
 
 
 @dataclass
@@ -332,9 +340,11 @@ class SearchConfig:
     """What the search optimises, measured on the validation pairs after every epoch: val_ssim,
     val_l1, quality (generate.weights score without diversity), label_fidelity (IoU of a segmenter
     trained on the real training pairs, run on generated images) or dice_gain (a segmenter trained on
-    real + generated pairs vs on real pairs alone; costs seg_steps steps per epoch)."""
+    real + generated pairs vs on real pairs alone; costs seg_steps steps per epoch) or realism (C2ST
+    accuracy of a small CNN telling generated from real validation tiles, 0.5 = indistinguishable;
+    minimised; a few seconds per epoch on CPU)."""
     mode: str = ""
-    """'max' or 'min'; '' = the objective's own direction (min for val_l1, max otherwise)."""
+    """'max' or 'min'; '' = the objective's own direction (min for val_l1 and realism, max otherwise)."""
     val_images: str = ""
     """Held-out validation images for the objective; '' = hold out data.val_pairs training pairs."""
     val_masks: str = ""
@@ -494,6 +504,7 @@ class Config:
             (_resources_ok(g.actor_resources), "generate.actor_resources is a comma list of name=amount (amount > 0)"),
             (g.precision in ("fp32", "bf16", "fp16"), "generate.precision must be fp32, bf16 or fp16"),
             (g.max_batch >= 0, "generate.max_batch must be >= 0 (0 = sized to the device)"),
+            (g.realism_samples >= 2, "generate.realism_samples must be >= 2 (the C2ST holds out half)"),
             (g.scoring in ("auto", "skimage", "torch"), "generate.scoring must be auto, skimage or torch"),
             *[(problem is None, f"{key} {problem}") for key, value in
               (("generate.threshold", g.threshold), ("evaluate.threshold", self.evaluate.threshold))
@@ -515,7 +526,8 @@ def _progressive_checks(cfg: Config) -> list[tuple[bool, str]]:
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
-OBJECTIVES = {"val_ssim": "max", "val_l1": "min", "quality": "max", "label_fidelity": "max", "dice_gain": "max"}
+OBJECTIVES = {"val_ssim": "max", "val_l1": "min", "quality": "max", "label_fidelity": "max", "dice_gain": "max",
+              "realism": "min"}
 """Search objectives and their direction (computed in synthgen/objectives.py)."""
 
 

@@ -9,7 +9,8 @@ are trained with a fixed step budget for every (condition, k, seed) as parallel 
 real (random crops only), classic (+ flips, rot90, elastic, intensity), pix2pix / vae / hybrid
 (classic real crops mixed with that synthetic set), and all real pairs as the upper reference.
 Test pairs are never used for training or generation (checked). Output: results.json (every trial),
-results.md (mean ± std Dice/IoU per condition and k), results.png.
+results.md (mean ± std Dice/IoU per condition and k; the realism of each synthetic set against its k
+real pairs, from its manifest), results.png.
 """
 from __future__ import annotations
 
@@ -173,6 +174,30 @@ def markdown_table(summary: dict, ks: list[int]) -> str:
     return "\n".join(lines)
 
 
+def set_realism(sets: dict[tuple[str, int], str]) -> dict[str, dict]:
+    """{'<condition>/k<k>': the 'realism' section of each synthetic set's manifest}: generate measures
+    it against its sources, here the k real pairs the generator was trained on (None where absent)."""
+    out = {}
+    for (c, k), path in sorted(sets.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        try:
+            with open(os.path.join(path, "manifest.json")) as f:
+                out[f"{c}/k{k}"] = json.load(f).get("realism")
+        except (OSError, ValueError):
+            out[f"{c}/k{k}"] = None
+    return out
+
+
+def realism_table(realism: dict[str, dict]) -> str:
+    """Markdown: one row per synthetic set, the realism figures against its k real pairs."""
+    keys = ("c2st_accuracy", "fg/std_ratio", "fg/hf_ratio", "bg/std_ratio", "bg/hf_ratio", "spectrum_distance")
+    lines = ["| set | " + " | ".join(keys) + " |", "|---" * (1 + len(keys)) + "|"]
+    for name, r in realism.items():
+        figures = (r or {}).get("figures") or {}
+        cells = [f"{figures[k]:.3f}" if figures.get(k) is not None else "n/a" for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def run_evaluation(cfg: Config) -> dict:
     """The whole experiment; writes results.json / results.md / results.png under evaluate.out."""
     from synthgen.segment import load_items
@@ -215,11 +240,15 @@ def run_evaluation(cfg: Config) -> dict:
         print(f"[{i + 1}/{len(futures)}] {t['condition']:<9} k={t['k']:<3} seed={t['seed']}  "
               f"dice {t['dice']:.4f}  iou {t['iou']:.4f}  ({t['seconds']:.0f}s)", flush=True)
     summary = summarise(trials)
+    realism = set_realism(sets)
     result = {"config": cfg.evaluate.__dict__, "ks": ks, "trials": trials, "summary": summary,
-              "seconds": round(time.time() - t0, 1)}
+              "realism": realism, "seconds": round(time.time() - t0, 1)}
     with open(os.path.join(e.out, "results.json"), "w") as f:
         json.dump(result, f, indent=2)
     table = markdown_table(summary, ks)
+    if realism:
+        table += "\n\nRealism of each synthetic set against its k real pairs (C2ST 0.5 = indistinguishable; " \
+                 "ratios synthetic/real, 1 = same):\n\n" + realism_table(realism)
     with open(os.path.join(e.out, "results.md"), "w") as f:
         f.write(table + "\n")
     plots.plot_downstream(summary, ks, os.path.join(e.out, "results.png"))

@@ -353,6 +353,41 @@ def run_threshold(g: GenerateConfig, sources: list[Source], weights: dict[str, f
         raise ConfigError(f"generate.threshold: {e}") from None
 
 
+def _stem(source_id: str) -> str:
+    """The source image of a tile id ('slice00_y128x0' -> 'slice00'; see data.tiles)."""
+    head, sep, tail = source_id.rpartition("_y")
+    return head if sep and "x" in tail else source_id
+
+
+def measure_realism(sources: list[Source], sample: list[dict], g: GenerateConfig) -> dict:
+    """{'figures': flat realism figures or None, 'reason': why None, 'real': n, 'synthetic': n} of the
+    sampled accepted images against (up to realism_samples, evenly spread) real source tiles."""
+    from synthgen.realism import json_figures, realism_report
+
+    real = [s for s in sources if s.image is not None]
+    out = {"figures": None, "reason": "", "real": len(real), "synthetic": len(sample)}
+    if not g.realism:
+        out["reason"] = "generate.realism is off"
+    elif len(real) < 2:
+        out["reason"] = "no real images among the sources (mask-only sources)" if not real else \
+            "fewer than 2 real source images"
+    elif len(sample) < 2:
+        out["reason"] = f"only {len(sample)} accepted image(s)"
+    if out["reason"]:
+        return out
+    keep = np.unique(np.linspace(0, len(real) - 1, min(g.realism_samples, len(real))).round().astype(int))
+    real = [real[i] for i in keep]
+    fakes = [decode_png(r["image"]) for r in sample]
+    fake_masks = [(decode_png(r["mask"]) > 0).astype(np.uint8) for r in sample]
+    # Tiles of one source image stay on one side of the C2ST's split (real and synthetic alike).
+    figures = realism_report([s.image for s in real], [s.mask for s in real], fakes, fake_masks, seed=g.seed,
+                             real_groups=[_stem(s.id) for s in real],
+                             synth_groups=[_stem(str(r["source_id"])) for r in sample])
+    out.update({"figures": json_figures(figures), "real": len(real)})
+    out["_images"] = ([s.image for s in real], fakes)  # for realism.png; dropped before the manifest
+    return out
+
+
 @dataclass
 class GenerateResult:
     out: str
@@ -384,7 +419,8 @@ def generate(cfg: Config, overwrite: bool = False) -> GenerateResult:
     sources = load_sources(g, main.cfg, main.channels)
     print(f"synthgen generate: {len(sources)} source masks x {g.num_variations} variations "
           f"({g.variations}) with {'+'.join(checkpoints)} -> {os.path.abspath(g.out)}", flush=True)
-    writer = DatasetWriter(g.out, overwrite, g.png, g.keep_rejected, g.shard_rows)
+    writer = DatasetWriter(g.out, overwrite, g.png, g.keep_rejected, g.shard_rows,
+                           sample_size=g.realism_samples if g.realism else 0, sample_seed=g.seed)
     with writer:
         if not ray.is_initialized():
             ray.init(include_dashboard=False, configure_logging=False)
@@ -397,6 +433,9 @@ def generate(cfg: Config, overwrite: bool = False) -> GenerateResult:
             writer.add(batch)
         seconds = time.time() - t0
         plots.plot_quality_metrics(writer.quality_report(threshold), os.path.join(writer.tmp, "quality.png"))
+        realism = measure_realism(sources, writer.sample, g)
+        if "_images" in realism:
+            plots.plot_realism(*realism.pop("_images"), realism["figures"], os.path.join(writer.tmp, "realism.png"))
         manifest = {
             "config": {"generate": asdict(g), "variations": asdict(cfg.variations)},
             "checkpoints": {k: os.path.abspath(v) for k, v in checkpoints.items()},
@@ -413,6 +452,7 @@ def generate(cfg: Config, overwrite: bool = False) -> GenerateResult:
                     "scoring": "torch" if torch_scoring(g) else "skimage",
                     "candidates_per_node": dict(sorted(writer.nodes.items())),
                     "duplicates_dropped": writer.duplicates},
+            "realism": realism,
         }
         out = writer.finish(manifest)
     result = GenerateResult(out, writer.generated, writer.accepted, writer.rejected_by_reason, seconds)

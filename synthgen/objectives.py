@@ -15,6 +15,11 @@ centre crop). val_ssim and val_l1 are always reported; the selected objective is
 - dice_gain: test Dice on the validation pairs of a segmenter trained on real + generated training
   pairs, minus that of one trained on the real pairs alone (`baseline_dice`, computed once). Both use
   the same seed and tune.seg_steps steps, so the difference is the effect of the generated data.
+- realism (minimised): held-out accuracy of the classifier two-sample test (synthgen.realism.c2st,
+  seed train.seed) telling the validation tiles from images generated from their masks, tiles of one
+  validation image kept on one side (with several validation images) (0.5 = indistinguishable, 1.0 = always told apart). The VAE
+  samples z here (seeded per tile), not z = 0: its mean image is blurrier than its samples. Needs >= 2
+  validation images or tiles; a C2ST on few tiles is noisy (c2st_std is reported beside it).
 """
 from __future__ import annotations
 
@@ -67,11 +72,14 @@ def load_full_items(rows: list[list[str]], cfg: Config, channels: int) -> list[t
 
 
 def validation_tiles(items: list[tuple[np.ndarray, np.ndarray]], size: int, limit: int,
-                     names: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Up to `limit` size x size (image, mask) tiles, spread evenly over all tiles of all items."""
-    cut = [t for (image, mask), name in zip(items, names) for t in tiles(name, mask, image, size, name)]
+                     names: list[str], groups: bool = False) -> tuple[list[np.ndarray], ...]:
+    """Up to `limit` size x size (image, mask) tiles, spread evenly over all tiles of all items
+    (groups=True: also the index of each tile's item)."""
+    cut = [(t, n) for n, ((image, mask), name) in enumerate(zip(items, names))
+           for t in tiles(name, mask, image, size, name)]
     keep = np.unique(np.linspace(0, len(cut) - 1, min(limit, len(cut))).round().astype(int))
-    return [cut[i].image for i in keep], [cut[i].mask for i in keep]
+    out = [cut[i][0].image for i in keep], [cut[i][0].mask for i in keep]
+    return (*out, [cut[i][1] for i in keep]) if groups else out
 
 
 def _generate(nets: dict[str, nn.Module], inputs: list[np.ndarray], seeds: list[int], device) -> list[np.ndarray]:
@@ -94,8 +102,8 @@ class ObjectiveEvaluator:
             raise ValueError("the objective needs at least one validation pair")
         self.cfg, self.device, self.size = cfg, torch.device(device), cfg.data.image_size
         self.val_items = load_full_items(self.spec.val_pairs, cfg, channels)
-        self.images, self.masks = validation_tiles(self.val_items, self.size, cfg.tune.val_tiles,
-                                                   [r[1] for r in self.spec.val_pairs])
+        self.images, self.masks, self.groups = validation_tiles(self.val_items, self.size, cfg.tune.val_tiles,
+                                                                [r[1] for r in self.spec.val_pairs], groups=True)
         self.segmenter = None
         if self.spec.name == "label_fidelity":
             from synthgen.segment import load_segmenter
@@ -125,6 +133,15 @@ class ObjectiveEvaluator:
             dice = segmenter_dice(self.train_items, self.val_items, self.synthetic_items(nets), self.size,
                                   segmenter_settings(self.cfg))
             out.update({"dice": dice, "dice_gain": dice - self.spec.baseline_dice})
+        elif name == "realism":
+            from synthgen.realism import c2st
+
+            inputs = [m.astype(np.float32) for m in self.masks]
+            samples = _generate(nets, inputs, list(range(len(inputs))), self.device)
+            # One validation image: its tiles are the held-out units (they do not overlap).
+            groups = self.groups if len(set(self.groups)) >= 2 else None
+            result = c2st(self.images, samples, seed=self.cfg.train.seed, real_groups=groups, synth_groups=groups)
+            out.update({"realism": result.accuracy, "c2st_std": result.std})
         return out
 
     def _render_prior_mean(self, nets: dict[str, nn.Module]) -> list[np.ndarray]:

@@ -127,7 +127,17 @@ def generate_summary_text(result, manifest: dict) -> str:
         relative = f"  ({t['spec']} x real reference {t['real_reference']:.4f})" if t["real_reference"] is not None else ""
         lines.append(f"threshold  {t['resolved']:>8.4f}{relative}")
     lines.append("mean scores: " + "  ".join(f"{k} {v:.3f}" for k, v in manifest["score_means"].items() if v is not None))
-    lines += ["-" * 64, f"dataset    {result.out}", f"quality    {os.path.join(result.out, 'quality.png')}", "=" * 64]
+    realism = manifest.get("realism") or {}
+    if realism.get("figures"):
+        from synthgen.realism import format_realism
+
+        lines.append(f"realism ({realism['synthetic']} vs {realism['real']} real): {format_realism(realism['figures'])}")
+    elif realism:
+        lines.append(f"realism: not measured ({realism['reason']})")
+    lines += ["-" * 64, f"dataset    {result.out}", f"quality    {os.path.join(result.out, 'quality.png')}"]
+    if realism.get("figures"):
+        lines.append(f"realism    {os.path.join(result.out, 'realism.png')}")
+    lines.append("=" * 64)
     return "\n".join(lines)
 
 
@@ -195,3 +205,34 @@ def search_summary_text(summary: dict, out: str) -> str:
     lines += [f"{'best ' + k:<13}{v}" for k, v in summary["best_configs"].items()]
     lines += ["=" * 72]
     return "\n".join(lines)
+
+
+def plot_realism(real_images: list, synth_images: list, report: dict | None, save_path: str,
+                 examples: int = 4) -> str:
+    """Real vs synthetic crops side by side (top rows) and their mean radially averaged power spectra
+    (log scale), the headline realism figures in the title.
+
+        plot_realism(reals, fakes, realism_report(...), "realism.png")
+    """
+    import numpy as np
+
+    from synthgen.realism import format_realism, radial_spectrum, to_gray
+
+    n = min(examples, len(real_images), len(synth_images))
+    fig = plt.figure(figsize=(2.4 * max(n, 3), 7.5))
+    for row, (name, images) in enumerate((("real", real_images), ("synthetic", synth_images))):
+        for j in range(n):
+            ax = fig.add_subplot(3, max(n, 3), row * max(n, 3) + j + 1)
+            _show(ax, images[j] if images[j].ndim == 3 else images[j][:, :, None], name)
+    ax = fig.add_subplot(3, 1, 3)
+    for name, images in (("real", real_images), ("synthetic", synth_images)):
+        spectrum = np.mean([radial_spectrum(to_gray(im)) for im in images], axis=0)
+        freqs = (np.arange(len(spectrum)) + 0.5) * 0.5 / len(spectrum)
+        ax.semilogy(freqs[1:], spectrum[1:] + 1e-12, label=f"{name} ({len(images)})")
+    ax.set_xlabel("frequency (cycles/px)")
+    ax.set_ylabel("power")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(format_realism(report) if report else "realism: not measured", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, save_path)

@@ -6,6 +6,7 @@ Layout of a finished dataset directory:
     rejected/images, rejected/masks   rejected candidates (only with keep_rejected)
     manifest.json                 config, checkpoint hash, counts, score means, run time/throughput
     quality.png                   score histograms with the threshold, accepted vs rejected examples
+    realism.png                   real vs synthetic crops and spectra (generate.realism)
 Everything is written under a hidden temporary sibling (`.<name>.partial-<pid>`) and renamed into
 place by `finish()`: a crash or Ctrl-C never leaves a directory that looks like a complete dataset.
 """
@@ -55,7 +56,9 @@ class DatasetWriter:
     """Streams scored rows into a temporary directory; `finish()` renames it into place."""
 
     def __init__(self, out: str, overwrite: bool = False, png: bool = True, keep_rejected: bool = False,
-                 shard_rows: int = 512):
+                 shard_rows: int = 512, sample_size: int = 0, sample_seed: int = 0):
+        """sample_size: keep a uniform random sample of this many accepted rows (`self.sample`, for the
+        realism figures), drawn by reservoir sampling seeded by sample_seed; 0 = none."""
         self.out = os.path.abspath(out)
         if os.path.exists(self.out) and not overwrite:
             raise OutputError(f"{self.out}: already exists; pass --overwrite to replace it")
@@ -76,6 +79,8 @@ class DatasetWriter:
         self.duplicates = 0
         self.nodes: dict[str, int] = {}
         self.examples: dict[str, list[tuple[np.ndarray, np.ndarray, float]]] = {"accepted": [], "rejected": []}
+        self.sample_size, self.sample_rng = sample_size, np.random.default_rng(sample_seed)
+        self.sample: list[dict] = []  # {"source_id", "image", "mask"} (PNG bytes) of sampled accepted rows
         for sub in (["images", "masks"] if png else []) + (["rejected/images", "rejected/masks"] if keep_rejected else []):
             os.makedirs(os.path.join(self.tmp, sub))
         os.makedirs(os.path.join(self.tmp, "data"))
@@ -105,6 +110,7 @@ class DatasetWriter:
                 examples.append((decode_png(row["image"]), decode_png(row["mask"]), float(row["overall_quality"])))
             if ok:
                 self.accepted += 1
+                self._keep_sample(row)
                 self.pending.append({k: row[k] for k in SCHEMA.names})
                 if self.png:
                     self._write_png_pair("", row)
@@ -115,6 +121,17 @@ class DatasetWriter:
                 self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + 1
                 if self.keep_rejected:
                     self._write_png_pair("rejected", row)
+
+    def _keep_sample(self, row: dict) -> None:
+        # Reservoir sampling (algorithm R): uniform over all accepted rows without holding them; rows
+        # arrive in a fixed order, so the sample is the same for a seed.
+        item = {k: row[k] for k in ("source_id", "image", "mask")}
+        if len(self.sample) < self.sample_size:
+            self.sample.append(item)
+        elif self.sample_size:
+            j = int(self.sample_rng.integers(0, self.accepted))
+            if j < self.sample_size:
+                self.sample[j] = item
 
     def _flush(self, final: bool = False) -> None:
         # An empty dataset still gets one (empty) shard so that every reader sees the schema.

@@ -42,7 +42,13 @@ def test_tiny_evaluation_writes_a_well_formed_table(ray_2cpu, tmp_path):
         assert json.load(f)["summary"] == result["summary"]
     with open(os.path.join(out, "results.md")) as f:
         table = f.read()
-    assert table.count("\n") == 2 + len(conditions) and "| pix2pix |" in table and "k=2 Dice" in table
+    dice_table, _, realism_table = table.partition("\n\n")
+    assert dice_table.count("\n") == 1 + len(conditions) and "| pix2pix |" in dice_table and "k=2 Dice" in table
+    # Realism of each synthetic set against its k real pairs, from the set's manifest.
+    assert set(result["realism"]) == {"pix2pix/k2", "vae/k2", "hybrid/k2"}
+    for r in result["realism"].values():
+        assert r["real"] == 8 and 0.0 <= r["figures"]["c2st_accuracy"] <= 1.0
+    assert "| hybrid/k2 |" in realism_table and "c2st_accuracy" in realism_table
     assert os.path.getsize(os.path.join(out, "results.png")) > 0
 
     # The split: generators and their synthetic sets saw exactly the first k=2 real pairs, no test pair.

@@ -90,6 +90,17 @@ def test_counts_schema_and_png_round_trip(runs):
     assert m["checkpoint_sha256"] and os.path.getsize(os.path.join(a.out, "quality.png")) > 0
 
 
+def test_realism_of_the_accepted_images_against_the_real_sources(runs):
+    a = runs["a"]
+    realism = _manifest(a.out)["realism"]
+    assert realism["reason"] == "" and realism["real"] == 12  # 3 sources x 4 tiles of 32 px
+    assert realism["synthetic"] == min(64, a.accepted)
+    figures = realism["figures"]
+    assert 0.0 <= figures["c2st_accuracy"] <= 1.0 and figures["c2st_n_test"] == 512
+    assert figures["fg/hf_ratio"] > 0 and figures["spectrum_distance"] >= 0
+    assert os.path.getsize(os.path.join(a.out, "realism.png")) > 0
+
+
 def test_threshold_filters(runs):
     a, b = pq.read_table(os.path.join(runs["a"].out, "data")), pq.read_table(os.path.join(runs["b"].out, "data"))
     kept = {i for i, s in zip(a.column("id").to_pylist(), a.column("overall_quality").to_pylist()) if s >= runs["median"]}
@@ -135,6 +146,7 @@ def test_parquet_masks_and_python_api(ray_2cpu, setup, runs, tmp_path):
     manifest = gen.generate_synthetic_data(parquet, num_variations=2, output_dir=str(tmp_path / "api"),
                                            model_path=setup["vae"], threshold=0.0, variations="latent")
     assert manifest["counts"]["generated"] == 2 * pq.read_metadata(parquet).num_rows
+    assert manifest["realism"]["figures"] is None and "no real images" in manifest["realism"]["reason"]
     scores = gen.assess_batch_quality([decode_png(r) for r in pq.read_table(parquet).column("image").to_pylist()[:3]],
                                       [decode_png(r) // 255 for r in pq.read_table(parquet).column("mask").to_pylist()[:3]])
     assert all(0 <= s["overall_quality"] <= 1 and s["iou"] == 1.0 for s in scores)

@@ -32,7 +32,7 @@ def test_validation_tiles_are_spread_over_all_tiles():
     assert len(validation_tiles(items, 32, 100, ["a", "b", "c"])[0]) == 12  # 4 tiles each, no more
 
 
-@pytest.mark.parametrize("name", ["val_ssim", "val_l1", "quality", "label_fidelity", "dice_gain"])
+@pytest.mark.parametrize("name", ["val_ssim", "val_l1", "quality", "label_fidelity", "dice_gain", "realism"])
 def test_every_objective_is_finite_and_repeatable(setup, name):
     cfg, train, val, root = setup
     spec = ObjectiveSpec(name, pair_rows(val), pair_rows(train))
@@ -57,6 +57,9 @@ def test_every_objective_is_finite_and_repeatable(setup, name):
         assert 0 <= first["label_fidelity"] <= 1
     if name == "dice_gain":
         assert math.isclose(first["dice_gain"], first["dice"] - 0.25)
+    if name == "realism":
+        # An untrained generator's output is told apart from real tiles; c2st_std is its binomial error.
+        assert 0.5 <= first["realism"] <= 1 and 0 <= first["c2st_std"] < 0.1
 
 
 def test_dice_gain_generates_variations_of_every_training_tile(setup):
