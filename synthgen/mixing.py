@@ -2,7 +2,8 @@
 
     from synthgen.data import SyntheticDataset
     from synthgen.mixing import fit_segmenter
-    from synthgen.segment import evaluate_segmenter, load_items
+    from synthgen.config import MIXING_MODES
+from synthgen.segment import evaluate_segmenter, load_items
     train = load_items("isbi/train/images", "isbi/train/masks", invert_mask=True)[:5]
     test = load_items("isbi/test/images", "isbi/test/masks", invert_mask=True)
     curve = []
@@ -30,9 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from synthgen.config import MIXING_MODES
 from synthgen.segment import SegmentationData, SegmentationUNet, evaluate_segmenter
 
-MIXING_MODES = ("replace", "add", "pretrain")
 PRECISIONS = ("auto", "fp32", "bf16")
 SYNTHETIC_SEED_OFFSET = 1_000_003
 """Added to the seed of the synthetic stream (its crops, augmentations and order) in 'add' and
