@@ -6,8 +6,12 @@
 Trains segmenters on k = 3, 5, 10 real pairs from ../shared/data/isbi2012_em/train (membranes as
 foreground) under the conditions real / classic / pix2pix / vae / hybrid, plus all 24 real pairs as
 the upper reference, and scores them on the 6 held-out pairs in test/ (see synthgen/evaluate.py).
-Budgets (per segmenter 400 steps of batch 8 at 128 px; per generator 400 steps of batch 4) are
-sized so the whole table runs within an hour on 2 CPU cores. Prints progress to stderr and one JSON
+Budgets (per segmenter 400 steps of batch 8 at 128 px; per generator 400 steps of batch 4) were
+sized so the whole table ran within an hour on 2 CPU cores under --mixing replace; the default 'add'
+doubles the batch of the synthetic conditions (about 1.5x the segmenter time in all). Every segmenter is
+scored every --curve-every steps: the JSON line's "plateau" says per condition whether it still rose at
+the end (measured: real-only k=5 plateaus near step 500 of a 1500-step run, README).
+    python benchmarks/bench_downstream.py --k 5 --conditions real,classic,pix2pix --thresholds 0,0.5   # filter ablation Prints progress to stderr and one JSON
 line (the summary table and timings) to stdout; results.md/json/png land in --out.
 """
 from __future__ import annotations
