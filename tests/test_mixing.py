@@ -127,3 +127,19 @@ def test_bad_mixing_input_is_refused():
 def test_names_stay_importable_from_segment():
     from synthgen.segment import MIXING_MODES, fit_segmenter as old_name
     assert old_name is fit_segmenter and MIXING_MODES == ("replace", "add", "pretrain")
+
+
+def test_search_and_feedback_settings_follow_evaluate_mixing():
+    from synthgen.config import Config
+    from synthgen.feedback import SegmenterSettings
+    from synthgen.objectives import segmenter_settings
+
+    assert SegmenterSettings().mixing == "add" and SegmenterSettings().synthetic_weight == 1.0
+    cfg = Config()
+    cfg.evaluate.mixing, cfg.evaluate.pretrain_steps, cfg.evaluate.synthetic_weight = "pretrain", 7, 0.5
+    kwargs = segmenter_settings(cfg).mixing_kwargs()
+    assert kwargs == {"mixing": "pretrain", "synthetic_fraction": 0.5, "synthetic_batch": 0,
+                      "synthetic_weight": 0.5, "pretrain_steps": 7}
+    cfg.evaluate.mixing = "interleave"
+    with pytest.raises(Exception, match="evaluate.mixing must be one of replace, add, pretrain"):
+        cfg.validate()
