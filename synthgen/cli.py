@@ -56,7 +56,11 @@ EVALUATE_FLAGS = {
     "--conditions": "evaluate.conditions", "--image-size": "evaluate.image_size",
     "--seg-steps": "evaluate.seg_steps", "--gen-steps": "evaluate.gen_steps", "--out": "evaluate.out",
     "--num-variations": "evaluate.num_variations", "--threshold": "evaluate.threshold",
-    "--generator": "evaluate.gen_generator",
+    "--generator": "evaluate.gen_generator", "--mixing": "evaluate.mixing",
+    "--synthetic-fraction": "evaluate.synthetic_fraction", "--synthetic-batch": "evaluate.synthetic_batch",
+    "--synthetic-weight": "evaluate.synthetic_weight", "--pretrain-steps": "evaluate.pretrain_steps",
+    "--curve-every": "evaluate.curve_every", "--thresholds": "evaluate.thresholds",
+    "--label-fidelity": "evaluate.label_fidelity",
 }
 EVALUATE_SWITCHES = {"--invert-mask": "evaluate.invert_mask"}
 TUNE_FLAGS = {

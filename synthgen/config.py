@@ -272,6 +272,10 @@ class GenerateConfig:
     source tiles (evenly spread) enter the realism figures. >= 2."""
 
 
+MIXING_MODES = ("replace", "add", "pretrain")
+"""evaluate.mixing values (see EvaluateConfig.mixing and synthgen.mixing)."""
+
+
 @dataclass
 class EvaluateConfig:
     real_images: str = ""
@@ -295,12 +299,40 @@ class EvaluateConfig:
     image_size: int = 128
     """Crop size for segmenters and generators (multiple of 16)."""
     seg_steps: int = 300
-    """Optimizer steps per segmenter: a fixed budget keeps conditions comparable."""
+    """Optimizer steps per segmenter (the real schedule): a fixed budget keeps conditions comparable. Choose
+    one where the real-only curve has flattened (see curve_every), or synthetic gains may only be speed."""
     seg_batch: int = 8
     seg_width: int = 16
     """Base width of the segmentation U-Net."""
+    mixing: str = "add"
+    """How a synthetic condition's segmenter uses its synthetic items (see synthgen.mixing):
+    'add' (default) = every step the baselines' exact real batch plus a synthetic batch, loss
+    L(real) + synthetic_weight * L(synthetic); 'pretrain' = pretrain_steps synthetic-only steps, then the
+    baselines' real schedule; 'replace' = each item synthetic with probability synthetic_fraction (the
+    old protocol). 'add' is the default because it is the fair one at a fixed budget: the real pairs are
+    drawn exactly as often as by real/classic (replace halves that), the synthetic data gets as many
+    updates as in training alone (pretrain spends them before the real schedule, where they can be
+    forgotten), and with synthetic_weight 0 it is the classic baseline plus a BatchNorm difference only."""
     synthetic_fraction: float = 0.5
-    """Share of synthetic items in a synthetic condition's training stream."""
+    """mixing 'replace' only: share of synthetic items in a synthetic condition's training stream."""
+    synthetic_batch: int = 0
+    """mixing 'add' only: synthetic items per step, added to the seg_batch real ones; 0 = seg_batch."""
+    synthetic_weight: float = 1.0
+    """mixing 'add' only: lambda in L(real) + lambda * L(synthetic); 1 weighs a synthetic item like a real
+    one (GenSeg's setting), 0 trains on the real batch alone (but BatchNorm still sees the synthetic)."""
+    pretrain_steps: int = 0
+    """mixing 'pretrain' only: synthetic-only steps (batch seg_batch) before the real schedule; 0 = seg_steps."""
+    curve_every: int = 100
+    """Score every segmenter on the test pairs every this many steps (and at the last one): the Dice-vs-step
+    curves of results.json / results_curves.png, which show whether a budget was long enough; 0 = off.
+    Costs one test pass (~1 s for ISBI's 6 images at 128 px) per point."""
+    thresholds: str = ""
+    """Filter ablation: comma list of acceptance thresholds, e.g. "0,0.5". Each generated set is then
+    generated once with every candidate kept and re-filtered at each value, giving conditions named
+    '<model>@t<value>' (pix2pix@t0, pix2pix@t0.5); '' = one set per model, filtered at `threshold`."""
+    label_fidelity: float = 0.0
+    """Weight of label fidelity in the generation score (generate.segmenter 'auto': a segmenter trained on
+    the k pairs scores each candidate; weights += label_fidelity=this); 0 = off."""
     gen_steps: int = 300
     """Generator optimizer steps per (k, model) (batch 4)."""
     gen_ngf: int = 32
@@ -470,10 +502,21 @@ class Config:
             (self.vae.latent_dim >= 1 and self.vae.beta >= 0, "vae.latent_dim >= 1 and vae.beta >= 0"),
             (dt.val_pairs >= 0 and dt.repeats >= 1, "data.val_pairs >= 0 and data.repeats >= 1"),
             (dt.min_pairs >= dt.val_pairs + 1, "data.min_pairs must leave at least one training pair"),
-        ] + self._generate_checks() + self._search_checks() + _progressive_checks(self)
+        ] + self._generate_checks() + self._search_checks() + self._evaluate_checks() + _progressive_checks(self)
         errors = [msg for ok, msg in checks if not ok]
         if errors:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+
+    def _evaluate_checks(self) -> list[tuple[bool, str]]:
+        e = self.evaluate
+        return [
+            (e.mixing in MIXING_MODES, f"evaluate.mixing must be one of {', '.join(MIXING_MODES)}"),
+            (0.0 <= e.synthetic_fraction <= 1.0, "evaluate.synthetic_fraction must be in [0, 1]"),
+            (min(e.synthetic_batch, e.pretrain_steps, e.curve_every) >= 0 and e.synthetic_weight >= 0
+             and e.label_fidelity >= 0, "evaluate: synthetic_batch, synthetic_weight, pretrain_steps, "
+                                        "curve_every and label_fidelity must be >= 0"),
+            (e.seg_steps >= 1 and e.seg_batch >= 1, "evaluate: seg_steps >= 1 and seg_batch >= 1"),
+        ]
 
     def _search_checks(self) -> list[tuple[bool, str]]:
         s = self.tune

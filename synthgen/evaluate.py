@@ -8,9 +8,13 @@ For each k (the first k real pairs by stem): pix2pix and a VAE are trained on th
 are trained with a fixed step budget for every (condition, k, seed) as parallel Ray tasks:
 real (random crops only), classic (+ flips, rot90, elastic, intensity), pix2pix / vae / hybrid
 (classic real crops mixed with that synthetic set), and all real pairs as the upper reference.
-Test pairs are never used for training or generation (checked). Output: results.json (every trial),
-results.md (mean ± std Dice/IoU per condition and k; the realism of each synthetic set against its k
-real pairs, from its manifest), results.png.
+Synthetic items join the real ones as evaluate.mixing says ('add' by default: the baselines' real
+batches plus synthetic ones, so every condition sees the real pairs equally often; see synthgen.mixing).
+evaluate.thresholds runs each generated condition at several filter thresholds (pix2pix@t0, ...).
+Test pairs are never used for training or generation (checked). Output: results.json (every trial,
+with its Dice-vs-step curve), results.md (mean ± std Dice/IoU per condition and k, where each curve
+plateaued, and the realism of each synthetic set against its k real pairs, from its manifest),
+results.png, results_curves.png.
 """
 from __future__ import annotations
 
@@ -104,26 +108,59 @@ def train_generator_task(cfg_dict: dict) -> str:
     return gen.save(os.path.join(t.out, "model"))
 
 
+MIXING_KEYS = ("mixing", "synthetic_fraction", "synthetic_batch", "synthetic_weight", "pretrain_steps")
+"""The EvaluateConfig keys that are fit_segmenter's mixing arguments, under the same names."""
+
+
 @ray.remote(num_cpus=1)
 def segmenter_trial_task(condition: str, k: int, seed: int, real_items: list, test_items: list,
-                         synthetic_dir: str | None, e: dict) -> dict:
-    """Train one segmenter with a fixed step budget and score it on the test pairs."""
+                         synthetic_dir: str | None, e: dict, min_score: float | None = None) -> dict:
+    """Train one segmenter with a fixed step budget and score it on the test pairs. min_score re-filters
+    the synthetic set (the filter ablation); with e["curve_every"] > 0 the result holds the Dice curve."""
     import torch
 
     from synthgen.data import SyntheticDataset
-    from synthgen.segment import evaluate_segmenter, fit_segmenter
+    from synthgen.mixing import fit_segmenter
+    from synthgen.segment import evaluate_segmenter
 
     torch.set_num_threads(1)
     t0 = time.time()
-    synthetic = SyntheticDataset(synthetic_dir) if synthetic_dir else None
+    synthetic = SyntheticDataset(synthetic_dir, min_score) if synthetic_dir else None
     if synthetic is not None and len(synthetic) == 0:
         synthetic = None  # nothing passed the filter: the condition degenerates to 'classic'
+    curve = [] if e["curve_every"] else None
     model = fit_segmenter(real_items, e["image_size"], e["seg_steps"], e["seg_batch"],
-                          "crop" if condition == "real" else "classic", seed, e["seg_width"],
-                          synthetic, e["synthetic_fraction"])
+                          "crop" if condition == "real" else "classic", seed, e["seg_width"], synthetic,
+                          curve=curve, curve_every=e["curve_every"], test_items=test_items,
+                          **{key: e[key] for key in MIXING_KEYS})
     scores = evaluate_segmenter(model, test_items, e["image_size"])
     return {"condition": condition, "k": k, "seed": seed, "synthetic_items": len(synthetic) if synthetic else 0,
-            "seconds": round(time.time() - t0, 1), **scores}
+            "seconds": round(time.time() - t0, 1), **scores, **({"curve": curve} if curve else {})}
+
+
+def parse_thresholds(text: str) -> list[float]:
+    """evaluate.thresholds "0, 0.5" -> [0.0, 0.5] (sorted, unique); '' -> [] (no ablation)."""
+    try:
+        values = sorted({float(x) for x in split_list(text)})
+    except ValueError:
+        raise ConfigError(f"evaluate.thresholds takes a comma list of numbers, got {text!r}") from None
+    if any(not -1.0 <= v <= 1.0 for v in values):
+        raise ConfigError(f"evaluate.thresholds must lie in [-1, 1] (quality scores do), got {text!r}")
+    return values
+
+
+def condition_name(model: str, threshold: float) -> str:
+    """('pix2pix', 0.5) -> 'pix2pix@t0.5': a generated condition filtered at one ablation threshold."""
+    return f"{model}@t{threshold:g}"
+
+
+def generated_conditions(conditions: list[str], thresholds: list[float]) -> list[tuple[str, str, float | None]]:
+    """(condition name, generating model, min_score) per generated condition; min_score None = the set
+    as generated (filtered at evaluate.threshold), else re-filtered from the keep-everything set."""
+    models = [c for c in conditions if c in GENERATED_CONDITIONS]
+    if not thresholds:
+        return [(m, m, None) for m in models]
+    return [(condition_name(m, t), m, t) for m in models for t in thresholds]
 
 
 def _synthetic_sets(cfg: Config, ks: list[int], real: list[Pair], conditions: list[str]) -> dict[tuple[str, int], str]:
@@ -137,6 +174,8 @@ def _synthetic_sets(cfg: Config, ks: list[int], real: list[Pair], conditions: li
                 _generator_config(cfg, m, k, pairs_dirs[k], os.path.join(e.out, f"k{k}", m)).to_dict())
             for k in ks for m in models}
     checkpoints = dict(zip(jobs, ray.get(list(jobs.values()))))
+    thresholds = parse_thresholds(e.thresholds)
+    weights = Config().generate.weights + (f",label_fidelity={e.label_fidelity}" if e.label_fidelity else "")
     sets = {}
     for k in ks:
         for c in (c for c in conditions if c in GENERATED_CONDITIONS):
@@ -145,7 +184,9 @@ def _synthetic_sets(cfg: Config, ks: list[int], real: list[Pair], conditions: li
             g.generate.vae_checkpoint = checkpoints[("vae", k)] if c == "hybrid" else ""
             g.generate.model = c
             g.generate.variations = "latent,elastic,morph,flip" if c != "pix2pix" else "noise,elastic,morph,flip"
-            g.generate.num_variations, g.generate.threshold = e.num_variations, e.threshold
+            # With a threshold ablation, keep every candidate (scores are >= -1): each condition re-filters.
+            g.generate.num_variations, g.generate.threshold = e.num_variations, -1.0 if thresholds else e.threshold
+            g.generate.weights, g.generate.segmenter = weights, "auto" if e.label_fidelity else ""
             g.generate.out, g.generate.png = os.path.join(e.out, f"k{k}", f"synthetic_{c}"), False
             g.generate.actors_max = 1
             sets[(c, k)] = generate(g, overwrite=True).out
@@ -160,6 +201,51 @@ def summarise(trials: list[dict]) -> dict:
     return {c: {k: {"dice_mean": float(np.mean([t["dice"] for t in ts])), "dice_std": float(np.std([t["dice"] for t in ts])),
                     "iou_mean": float(np.mean([t["iou"] for t in ts])), "iou_std": float(np.std([t["iou"] for t in ts])),
                     "n": len(ts)} for k, ts in by_k.items()} for c, by_k in table.items()}
+
+
+PLATEAU_TOLERANCE = 0.005
+"""A mean curve has plateaued at the first step where it comes within this much Dice of its maximum."""
+RISING_TAIL = 0.2
+"""A plateau within the last 20% of the budget means the curve was still rising at the end."""
+
+
+def plateau_step(steps: list[int], dice: list[float], tol: float = PLATEAU_TOLERANCE) -> int:
+    """The first step whose Dice is within `tol` of the curve's maximum.
+
+    >>> plateau_step([100, 200, 300], [0.5, 0.698, 0.70])
+    200
+    """
+    best = max(dice)
+    return next(s for s, d in zip(steps, dice) if d >= best - tol)
+
+
+def curve_summary(trials: list[dict], budget: int) -> dict:
+    """{condition: {k: {"step", "dice_mean", "dice_std", "plateau_step", "still_rising", "n"}}}: the mean ±
+    std over seeds of the Dice-vs-step curves, and whether the mean curve was still rising at the end
+    (its plateau step in the last RISING_TAIL of the budget)."""
+    table: dict = {}
+    for t in trials:
+        if t.get("curve"):
+            table.setdefault(t["condition"], {}).setdefault(str(t["k"]), []).append(t["curve"])
+    out: dict = {}
+    for cond, by_k in table.items():
+        for k, curves in by_k.items():
+            steps = [p["step"] for p in curves[0]]
+            dice = np.array([[p["dice"] for p in c] for c in curves])  # seeds x points
+            mean = [float(x) for x in dice.mean(axis=0)]
+            plateau = plateau_step(steps, mean)
+            out.setdefault(cond, {})[k] = {"step": steps, "dice_mean": mean, "dice_std": [float(x) for x in dice.std(axis=0)],
+                                           "plateau_step": plateau, "still_rising": plateau > (1 - RISING_TAIL) * budget,
+                                           "n": len(curves)}
+    return out
+
+
+def curve_report(curves: dict) -> str:
+    """One line per (condition, k): where the mean curve plateaued, flagged when still rising."""
+    return "\n".join(f"- {cond} k={k}: Dice {v['dice_mean'][-1]:.3f} at step {v['step'][-1]}, within "
+                     f"{PLATEAU_TOLERANCE} of its best from step {v['plateau_step']}"
+                     f"{' (still rising: the budget is too short)' if v['still_rising'] else ''}"
+                     for cond, by_k in curves.items() for k, v in by_k.items())
 
 
 def markdown_table(summary: dict, ks: list[int]) -> str:
@@ -227,9 +313,12 @@ def run_evaluation(cfg: Config) -> dict:
     all_items = ray.put(items)
     real_items = {k: ray.put(items[:k]) for k in ks}
     test_items = ray.put(load_items(e.test_images, e.test_masks, e.invert_mask))
-    edict = {k: getattr(e, k) for k in ("image_size", "seg_steps", "seg_batch", "seg_width", "synthetic_fraction")}
-    futures = [segmenter_trial_task.remote(c, k, s, real_items[k], test_items, sets.get((c, k)), edict)
-               for k in ks for c in conditions for s in range(e.seeds)]
+    edict = {k: getattr(e, k) for k in ("image_size", "seg_steps", "seg_batch", "seg_width", "curve_every") + MIXING_KEYS}
+    thresholds = parse_thresholds(e.thresholds)
+    runs = [r for c in conditions for r in (generated_conditions([c], thresholds) if c in GENERATED_CONDITIONS
+                                            else [(c, c, None)])]
+    futures = [segmenter_trial_task.remote(name, k, s, real_items[k], test_items, sets.get((source, k)), edict, t)
+               for k in ks for name, source, t in runs for s in range(e.seeds)]
     if e.all_real:
         futures += [segmenter_trial_task.remote("all_real", len(real), s, all_items, test_items, None,
                                                 edict) for s in range(e.seeds)]
@@ -241,11 +330,15 @@ def run_evaluation(cfg: Config) -> dict:
               f"dice {t['dice']:.4f}  iou {t['iou']:.4f}  ({t['seconds']:.0f}s)", flush=True)
     summary = summarise(trials)
     realism = set_realism(sets)
-    result = {"config": cfg.evaluate.__dict__, "ks": ks, "trials": trials, "summary": summary,
+    curves = curve_summary(trials, e.seg_steps)
+    result = {"config": cfg.evaluate.__dict__, "ks": ks, "trials": trials, "summary": summary, "curves": curves,
               "realism": realism, "seconds": round(time.time() - t0, 1)}
     with open(os.path.join(e.out, "results.json"), "w") as f:
         json.dump(result, f, indent=2)
     table = markdown_table(summary, ks)
+    if curves:
+        table += "\n\nDice against segmenter steps (results_curves.png):\n" + curve_report(curves)
+        plots.plot_curves(curves, os.path.join(e.out, "results_curves.png"))
     if realism:
         table += "\n\nRealism of each synthetic set against its k real pairs (C2ST 0.5 = indistinguishable; " \
                  "ratios synthetic/real, 1 = same):\n\n" + realism_table(realism)

@@ -19,7 +19,8 @@ import numpy as np
 
 from synthgen.data import load_synthetic_dataset
 from synthgen.config import EvaluateConfig
-from synthgen.segment import evaluate_segmenter, fit_segmenter, load_items
+from synthgen.mixing import fit_segmenter
+from synthgen.segment import evaluate_segmenter, load_items
 
 
 @dataclass
@@ -30,17 +31,28 @@ class SegmenterSettings:
     """Optimizer steps per segmenter (the same for every condition)."""
     batch_size: int = EvaluateConfig.seg_batch
     width: int = EvaluateConfig.seg_width
+    mixing: str = EvaluateConfig.mixing
+    """How synthetic items join the real ones: 'add', 'pretrain' or 'replace' (see EvaluateConfig.mixing)."""
     synthetic_fraction: float = EvaluateConfig.synthetic_fraction
+    synthetic_batch: int = EvaluateConfig.synthetic_batch
+    synthetic_weight: float = EvaluateConfig.synthetic_weight
+    pretrain_steps: int = EvaluateConfig.pretrain_steps
     seeds: tuple[int, ...] = field(default=(0,))
+
+    def mixing_kwargs(self) -> dict:
+        """The mixing arguments of synthgen.mixing.fit_segmenter."""
+        return {"mixing": self.mixing, "synthetic_fraction": self.synthetic_fraction,
+                "synthetic_batch": self.synthetic_batch, "synthetic_weight": self.synthetic_weight,
+                "pretrain_steps": self.pretrain_steps}
 
 
 def segmenter_dice(real_items, test_items, synthetic, size: int, settings: SegmenterSettings) -> float:
     """Mean test Dice over `settings.seeds` of segmenters trained on real pairs (classic augmentation)
-    plus, when given, `synthetic` items ({"image", "mask"} tensors) at settings.synthetic_fraction."""
+    plus, when given, `synthetic` items ({"image", "mask"} tensors) mixed in as settings.mixing says."""
     s, scores = settings, []
     for seed in s.seeds:
         model = fit_segmenter(real_items, size, s.steps, s.batch_size, seed=seed, width=s.width,
-                              synthetic=synthetic, synthetic_fraction=s.synthetic_fraction)
+                              synthetic=synthetic, **s.mixing_kwargs())
         scores.append(evaluate_segmenter(model, test_items, size)["dice"])
     return float(np.mean(scores))
 

@@ -59,7 +59,9 @@ def segmenter_settings(cfg: Config) -> SegmenterSettings:
     """The segmenter budget of the label_fidelity and dice_gain objectives (one seed: train.seed)."""
     e = cfg.evaluate
     return SegmenterSettings(steps=cfg.tune.seg_steps, batch_size=e.seg_batch, width=e.seg_width,
-                             synthetic_fraction=e.synthetic_fraction, seeds=(cfg.train.seed,))
+                             mixing=e.mixing, synthetic_fraction=e.synthetic_fraction,
+                             synthetic_batch=e.synthetic_batch, synthetic_weight=e.synthetic_weight,
+                             pretrain_steps=e.pretrain_steps, seeds=(cfg.train.seed,))
 
 
 def load_full_items(rows: list[list[str]], cfg: Config, channels: int) -> list[tuple[np.ndarray, np.ndarray]]:

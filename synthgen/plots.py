@@ -160,6 +160,30 @@ def plot_downstream(summary: dict, ks: list[int], save_path: str) -> str:
     return _save(fig, save_path)
 
 
+def plot_curves(curves: dict, save_path: str) -> str:
+    """Test Dice against segmenter step, one panel per k, one line per condition (mean ± std band over
+    seeds); a dot marks where each mean curve came within evaluate.PLATEAU_TOLERANCE of its best."""
+    ks = sorted({k for by_k in curves.values() for k in by_k}, key=int)
+    fig, axes = plt.subplots(1, len(ks), figsize=(5 * len(ks), 3.6), squeeze=False, sharey=True)
+    for ax, k in zip(axes.flat, ks):
+        for cond, by_k in curves.items():
+            if k not in by_k:
+                continue
+            v = by_k[k]
+            mean, std = torch.tensor(v["dice_mean"]), torch.tensor(v["dice_std"])
+            line, = ax.plot(v["step"], v["dice_mean"], label=cond)
+            ax.fill_between(v["step"], (mean - std).tolist(), (mean + std).tolist(), color=line.get_color(), alpha=0.15)
+            i = v["step"].index(v["plateau_step"])
+            ax.plot(v["plateau_step"], v["dice_mean"][i], "o", color=line.get_color(), markersize=4)
+        ax.set_title(f"k={k}")
+        ax.set_xlabel("segmenter step")
+        ax.grid(alpha=0.3)
+    axes.flat[0].set_ylabel("test Dice (foreground)")
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, save_path)
+
+
 def plot_search(rows: list[dict], params: list, metric: str, save_path: str) -> str:
     """The objective of every trial against each searched parameter (log axis for loguniform ones);
     marker fill shows whether the trial ran all its epochs."""

@@ -6,13 +6,10 @@
     model = train_segmenter(SegmentationData(train, 128, augment="classic", length=2400), steps=300)
     print(evaluate_segmenter(model, test, 128))  # {"dice": ..., "iou": ..., "dice_mean": ...}
 
-Conditions are compared at a fixed budget of optimiser steps, so 'real only', 'classic augmentation'
-and 'real + synthetic' differ only in what the batches hold. Plain PyTorch/NumPy: no Ray here.
+The training loop and the ways synthetic items join the real ones live in synthgen.mixing
+(train_segmenter and fit_segmenter stay importable from here). Plain PyTorch/NumPy: no Ray here.
 """
 from __future__ import annotations
-
-import math
-import time
 
 import numpy as np
 import torch
@@ -23,7 +20,6 @@ from synthgen.data import (find_pairs, image_channels, image_to_tensor, joint_au
                            mask_to_tensor, tensor_to_image)
 
 AUGMENTATIONS = ("none", "crop", "classic")
-PRECISIONS = ("auto", "fp32", "bf16")
 
 # Classic augmentation strengths. The elastic field follows the U-Net paper (Ronneberger et al. 2015):
 # Gaussian displacements on a coarse 3x3 grid, smoothly (cubic) interpolated to every pixel. Its std is a
@@ -209,84 +205,6 @@ class SegmentationData(torch.utils.data.Dataset):
         return {"image": image_to_tensor(np.ascontiguousarray(image)), "mask": mask_to_tensor(mask)}
 
 
-def _dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype, None = fp32. 'auto' picks bf16 only where the hardware does bf16 matmuls natively
-    (CPU AMX, CUDA bf16): there it halves the step time; emulated bf16 would be slower than fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision '{precision}' (known: {', '.join(PRECISIONS)})")
-    if precision == "auto":  # _is_amx_tile_supported is private, hence the fallback (then fp32)
-        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else bool(
-            getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-        precision = "bf16" if native else "fp32"
-    return torch.bfloat16 if precision == "bf16" else None
-
-
-def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BCE-with-logits + soft Dice; Dice pooled over the batch so crops without foreground stay defined."""
-    logits = logits.float()
-    prob = torch.sigmoid(logits)
-    soft_dice = (2 * (prob * target).sum() + 1.0) / (prob.sum() + target.sum() + 1.0)
-    return F.binary_cross_entropy_with_logits(logits, target) + (1.0 - soft_dice)
-
-
-def train_segmenter(data: torch.utils.data.Dataset, steps: int, batch_size: int = 8, lr: float = 1e-3,
-                    seed: int = 0, width: int = 16, device: str = "cpu", log_every: int = 0,
-                    precision: str = "auto") -> SegmentationUNet:
-    """Train a SegmentationUNet for exactly `steps` Adam steps (a fixed budget makes conditions comparable).
-
-    Loss: BCE-with-logits + soft Dice. lr: Adam's initial rate, decayed to 0 by a cosine over `steps`.
-    Batches walk through seeded permutations of `data`, cycling as needed. Same seed, data and machine
-    -> identical weights. log_every: print loss and s/step every N steps (0 = silent). precision: 'fp32',
-    'bf16' (autocast) or 'auto' (see _dtype). Returns the model in eval mode.
-    """
-    if steps < 1 or batch_size < 1 or len(data) == 0:
-        raise ValueError(f"need steps >= 1, batch_size >= 1 and a non-empty dataset, "
-                         f"got {steps}, {batch_size}, {len(data)} items")
-    dev = torch.device(device)
-    dtype = _dtype(precision, dev)
-    # Subnormal floats take a slow microcode path on x86: one ISBI run slowed from 0.2 to 7 s/step once
-    # its gradients went subnormal. Flushing them to zero costs nothing measurable here.
-    torch.set_flush_denormal(True)
-    torch.manual_seed(seed)
-    order = torch.Generator().manual_seed(seed)
-    model = SegmentationUNet(int(data[0]["image"].shape[0]), width)
-    # channels_last lets oneDNN skip layout reorders around every conv (15-30% faster on CPU).
-    model = model.to(dev, memory_format=torch.channels_last).train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    queue: list[int] = []
-    start = time.perf_counter()
-    for step in range(1, steps + 1):
-        while len(queue) < batch_size:
-            queue.extend(torch.randperm(len(data), generator=order).tolist())
-        items = [data[j] for j in queue[:batch_size]]
-        del queue[:batch_size]
-        x = torch.stack([it["image"] for it in items]).to(dev, memory_format=torch.channels_last)
-        y = torch.stack([it["mask"] for it in items]).to(dev)
-        with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = model(x)
-        loss = _loss(logits, y)
-        # Cosine decay to 0 over the budget: with a constant rate the test Dice of the final weights swung
-        # by up to 0.3 from one 100-step checkpoint to the next on ISBI, drowning the condition effects.
-        for group in opt.param_groups:
-            group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * (step - 1) / steps))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if log_every and step % log_every == 0:
-            print(f"step {step}/{steps} loss {loss.item():.4f} {(time.perf_counter() - start) / step:.3f} s/step")
-    return model.eval()
-
-
-def fit_segmenter(real_items: list[tuple[np.ndarray, np.ndarray]], size: int, steps: int, batch_size: int = 8,
-                  augment: str = "classic", seed: int = 0, width: int = 16,
-                  synthetic: torch.utils.data.Dataset | None = None, synthetic_fraction: float = 0.0) -> SegmentationUNet:
-    """The usual recipe: SegmentationData with a fresh crop at every draw (length steps * batch_size),
-    then train_segmenter for `steps` steps. `synthetic_fraction` only counts when `synthetic` is given."""
-    data = SegmentationData(real_items, size, augment, synthetic, synthetic_fraction if synthetic is not None else 0.0,
-                            seed, length=steps * batch_size)
-    return train_segmenter(data, steps, batch_size, seed=seed, width=width)
-
-
 @torch.no_grad()
 def predict(model: SegmentationUNet, image: np.ndarray, size: int) -> np.ndarray:
     """HxWxC uint8 image of any size -> HxW {0, 1} uint8 prediction.
@@ -382,3 +300,12 @@ def load_segmenter(directory: str, device: str | torch.device = "cpu") -> Segmen
     except Exception as e:  # noqa: BLE001 - any failure means an unusable segmenter directory
         raise ValueError(f"{directory}: not a usable segmenter ({type(e).__name__}: {str(e)[:200]})") from None
     return model.to(device).eval()
+
+
+def __getattr__(name: str):
+    # The training loop moved to synthgen.mixing, which imports this module; resolving these names
+    # lazily keeps `from synthgen.segment import train_segmenter` working without an import cycle.
+    if name in ("train_segmenter", "fit_segmenter", "PRECISIONS", "MIXING_MODES"):
+        from synthgen import mixing
+        return getattr(mixing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,7 +10,8 @@ import pytest
 from conftest import write_pairs
 from synthgen.config import Config, ConfigError
 from synthgen.data import DataError, find_pairs
-from synthgen.evaluate import check_no_leakage, markdown_table, run_evaluation, summarise
+from synthgen.evaluate import (check_no_leakage, condition_name, curve_summary, generated_conditions, markdown_table,
+                               parse_thresholds, plateau_step, run_evaluation, summarise)
 
 
 def _config(tmp_path, real, test, **evaluate) -> Config:
@@ -30,7 +31,7 @@ def _config(tmp_path, real, test, **evaluate) -> Config:
 def test_tiny_evaluation_writes_a_well_formed_table(ray_2cpu, tmp_path):
     real = write_pairs(str(tmp_path / "real"), n=3, size=(40, 48), seed=1)
     test = write_pairs(str(tmp_path / "test"), n=2, size=(40, 48), seed=2)
-    cfg = _config(tmp_path, real, test)
+    cfg = _config(tmp_path, real, test, curve_every=2)
     result = run_evaluation(cfg)
 
     conditions = {"real", "classic", "pix2pix", "vae", "hybrid", "all_real"}
@@ -42,14 +43,22 @@ def test_tiny_evaluation_writes_a_well_formed_table(ray_2cpu, tmp_path):
         assert json.load(f)["summary"] == result["summary"]
     with open(os.path.join(out, "results.md")) as f:
         table = f.read()
-    dice_table, _, realism_table = table.partition("\n\n")
+    dice_table = table.split("\n\n")[0]
     assert dice_table.count("\n") == 1 + len(conditions) and "| pix2pix |" in dice_table and "k=2 Dice" in table
+    # one plateau line per (condition, k)
+    assert table.count("\n- ") == len(conditions) and "- real k=2: Dice" in table
     # Realism of each synthetic set against its k real pairs, from the set's manifest.
     assert set(result["realism"]) == {"pix2pix/k2", "vae/k2", "hybrid/k2"}
     for r in result["realism"].values():
         assert r["real"] == 8 and 0.0 <= r["figures"]["c2st_accuracy"] <= 1.0
-    assert "| hybrid/k2 |" in realism_table and "c2st_accuracy" in realism_table
+    assert "| hybrid/k2 |" in table and "c2st_accuracy" in table
     assert os.path.getsize(os.path.join(out, "results.png")) > 0
+    assert os.path.getsize(os.path.join(out, "results_curves.png")) > 0
+    # Curves: steps 2 and 4 (= seg_steps) per trial; the last point is the trial's final score.
+    assert all([p["step"] for p in t["curve"]] == [2, 4] and t["curve"][-1]["dice"] == t["dice"]
+               for t in result["trials"])
+    assert set(result["curves"]) == conditions and result["curves"]["real"]["2"]["step"] == [2, 4]
+    assert result["config"]["mixing"] == "add"
 
     # The split: generators and their synthetic sets saw exactly the first k=2 real pairs, no test pair.
     used_dir = os.path.join(out, "k2", "real_pairs", "images")
@@ -103,3 +112,49 @@ def test_feedback_optimizer_reports_gain_per_threshold(ray_2cpu, tmp_path):
     assert low["n_synthetic"] >= high["n_synthetic"] and low["n_synthetic"] > 0
     assert 0.0 <= report["dice_real"] <= 1.0
     assert low["gain"] == pytest.approx(low["dice"] - report["dice_real"])
+
+
+def test_filter_ablation_conditions(ray_2cpu, tmp_path):
+    """thresholds "0,0.99": one generated set, re-filtered at each threshold, as pix2pix@t0 and @t0.99."""
+    real = write_pairs(str(tmp_path / "real"), n=3, size=(40, 48), seed=1)
+    test = write_pairs(str(tmp_path / "test"), n=2, size=(40, 48), seed=2)
+    cfg = _config(tmp_path, real, test, conditions="pix2pix", thresholds="0.99,0", all_real=False, curve_every=0)
+    result = run_evaluation(cfg)
+    by_name = {t["condition"]: t for t in result["trials"]}
+    assert set(by_name) == {"pix2pix@t0", "pix2pix@t0.99"} and result["curves"] == {}
+    with open(os.path.join(cfg.evaluate.out, "k2", "synthetic_pix2pix", "manifest.json")) as f:
+        manifest = json.load(f)
+    # generated once with every candidate kept (2 variations of 8 tiles), then filtered per condition
+    assert manifest["counts"]["accepted"] == 2 * 8
+    assert by_name["pix2pix@t0"]["synthetic_items"] >= by_name["pix2pix@t0.99"]["synthetic_items"]
+    assert by_name["pix2pix@t0"]["synthetic_items"] <= 16
+
+
+def test_threshold_parsing_and_condition_names():
+    assert parse_thresholds("0.5, 0,,0.5") == [0.0, 0.5] and parse_thresholds("") == []
+    with pytest.raises(ConfigError, match="comma list of numbers"):
+        parse_thresholds("0,high")
+    with pytest.raises(ConfigError, match=r"\[-1, 1\]"):
+        parse_thresholds("2")
+    assert condition_name("pix2pix", 0.0) == "pix2pix@t0" and condition_name("vae", 0.25) == "vae@t0.25"
+    assert generated_conditions(["real", "pix2pix", "hybrid"], []) == [("pix2pix", "pix2pix", None),
+                                                                      ("hybrid", "hybrid", None)]
+    assert generated_conditions(["classic", "vae"], [0.0, 0.5]) == [("vae@t0", "vae", 0.0), ("vae@t0.5", "vae", 0.5)]
+
+
+def test_plateau_and_curve_summary_by_hand():
+    assert plateau_step([100, 200, 300, 400], [0.5, 0.70, 0.704, 0.70]) == 200
+    assert plateau_step([100, 200], [0.6, 0.5]) == 100
+
+    def trial(condition, seed, dice):
+        return {"condition": condition, "k": 5, "seed": seed, "dice": dice[-1],
+                "curve": [{"step": 100 * (i + 1), "dice": d} for i, d in enumerate(dice)]}
+
+    trials = [trial("real", 0, [0.5, 0.6, 0.7, 0.8, 0.9]), trial("real", 1, [0.5, 0.6, 0.7, 0.8, 0.85]),
+              trial("classic", 0, [0.7, 0.8, 0.8, 0.8, 0.8]), {"condition": "all_real", "k": 24, "dice": 0.9}]
+    curves = curve_summary(trials, budget=500)
+    real, classic = curves["real"]["5"], curves["classic"]["5"]
+    assert set(curves) == {"real", "classic"} and real["n"] == 2
+    assert real["dice_mean"] == pytest.approx([0.5, 0.6, 0.7, 0.8, 0.875]) and real["dice_std"][-1] == pytest.approx(0.025)
+    assert real["plateau_step"] == 500 and real["still_rising"]  # 500 > 80% of the 500-step budget
+    assert classic["plateau_step"] == 200 and not classic["still_rising"]
