@@ -11,8 +11,9 @@ sized so the whole table ran within an hour on 2 CPU cores under --mixing replac
 doubles the batch of the synthetic conditions (about 1.5x the segmenter time in all). Every segmenter is
 scored every --curve-every steps: the JSON line's "plateau" says per condition whether it still rose at
 the end (measured: real-only k=5 plateaus near step 500 of a 1500-step run, README).
-    python benchmarks/bench_downstream.py --k 5 --conditions real,classic,pix2pix --thresholds 0,0.5   # filter ablation Prints progress to stderr and one JSON
-line (the summary table and timings) to stdout; results.md/json/png land in --out.
+    python benchmarks/bench_downstream.py --k 5 --conditions real,classic,pix2pix --thresholds 0,0.5   # filter ablation
+
+Prints progress to stderr and one JSON line (the summary table and timings) to stdout; results.md/json/png land in --out.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def main() -> None:
     p.add_argument("--gen-steps", type=int, default=400)
     p.add_argument("--num-variations", type=int, default=4)
     p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--gen-set", default="", help='evaluate.gen_set, e.g. "pix2pix.noise_channels=4,pix2pix.lambda_l1=10"')
     p.add_argument("--mixing", default=EvaluateConfig.mixing, choices=MIXING_MODES, help="evaluate.mixing")
     p.add_argument("--synthetic-fraction", type=float, default=0.5, help="evaluate.synthetic_fraction (replace)")
     p.add_argument("--synthetic-weight", type=float, default=EvaluateConfig.synthetic_weight,
@@ -64,7 +66,7 @@ def main() -> None:
     e.invert_mask = True  # ISBI marks membranes 0: score the membranes
     e.out, e.k, e.seeds, e.image_size = args.out, args.k, args.seeds, args.image_size
     e.seg_steps, e.gen_steps, e.num_variations, e.threshold = args.seg_steps, args.gen_steps, args.num_variations, args.threshold
-    e.conditions, e.gen_generator = args.conditions, args.generator
+    e.conditions, e.gen_generator, e.gen_set = args.conditions, args.generator, args.gen_set
     e.mixing, e.synthetic_fraction, e.synthetic_weight = args.mixing, args.synthetic_fraction, args.synthetic_weight
     e.pretrain_steps, e.curve_every, e.thresholds = args.pretrain_steps, args.curve_every, args.thresholds
     e.label_fidelity = args.label_fidelity

@@ -60,7 +60,7 @@ EVALUATE_FLAGS = {
     "--synthetic-fraction": "evaluate.synthetic_fraction", "--synthetic-batch": "evaluate.synthetic_batch",
     "--synthetic-weight": "evaluate.synthetic_weight", "--pretrain-steps": "evaluate.pretrain_steps",
     "--curve-every": "evaluate.curve_every", "--thresholds": "evaluate.thresholds",
-    "--label-fidelity": "evaluate.label_fidelity",
+    "--label-fidelity": "evaluate.label_fidelity", "--gen-set": "evaluate.gen_set",
 }
 EVALUATE_SWITCHES = {"--invert-mask": "evaluate.invert_mask"}
 TUNE_FLAGS = {

@@ -339,6 +339,9 @@ class EvaluateConfig:
     """Width of the generators trained for the evaluation (pix2pix ngf/ndf, VAE nf = gen_ngf // 2)."""
     gen_generator: str = "unet"
     """pix2pix generator network of the evaluation: 'unet' or 'attention_unet' (see pix2pix.generator)."""
+    gen_set: str = ""
+    """Extra settings for the generators trained here: comma list of dotted key=value, e.g.
+    "pix2pix.noise_channels=4,pix2pix.lambda_texture=50" (any section; applied after the keys above)."""
     num_variations: int = 8
     """Candidates per 128 px source tile in the generated sets."""
     threshold: str = "0.5"

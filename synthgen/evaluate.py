@@ -81,6 +81,11 @@ def _generator_config(cfg: Config, model: str, k: int, pairs_dir: tuple[str, str
         e.image_size, e.invert_mask, 8, 1, 0
     g.pix2pix.ngf = g.pix2pix.ndf = e.gen_ngf
     g.pix2pix.generator = e.gen_generator
+    for item in split_list(e.gen_set):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"evaluate.gen_set: '{item}' is not key=value")
+        g.set(key.strip(), value.strip(), source="evaluate.gen_set")
     g.vae.nf = max(4, e.gen_ngf // 2)
     g.train.model, g.train.out, g.train.batch_size = model, out, 4
     g.train.epochs = max(1, math.ceil(e.gen_steps / math.ceil(k * g.data.repeats / g.train.batch_size)))

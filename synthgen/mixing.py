@@ -2,8 +2,7 @@
 
     from synthgen.data import SyntheticDataset
     from synthgen.mixing import fit_segmenter
-    from synthgen.config import MIXING_MODES
-from synthgen.segment import evaluate_segmenter, load_items
+    from synthgen.segment import evaluate_segmenter, load_items
     train = load_items("isbi/train/images", "isbi/train/masks", invert_mask=True)[:5]
     test = load_items("isbi/test/images", "isbi/test/masks", invert_mask=True)
     curve = []

@@ -106,3 +106,19 @@ def test_texture_terms_are_reported_and_the_texture_loss_falls():
     first = np.mean([m["loss/G_texture"] for m in losses[:3]])
     last = np.mean([m["loss/G_texture"] for m in losses[-3:]])
     assert last < 0.7 * first
+
+
+def test_evaluation_generators_take_extra_settings():
+    from synthgen.config import ConfigError
+    from synthgen.evaluate import _generator_config
+
+    cfg = Config()
+    cfg.evaluate.gen_set = "pix2pix.noise_channels=4, pix2pix.lambda_texture=50"
+    g = _generator_config(cfg, "pix2pix", 3, ("imgs", "masks"), "out")
+    assert g.pix2pix.noise_channels == 4 and g.pix2pix.lambda_texture == 50.0 and g.pix2pix.ngf == cfg.evaluate.gen_ngf
+    cfg.evaluate.gen_set = "pix2pix.noise_channels"
+    with pytest.raises(ConfigError, match="key=value"):
+        _generator_config(cfg, "pix2pix", 3, ("imgs", "masks"), "out")
+    cfg.evaluate.gen_set = "pix2pix.no_such_key=1"
+    with pytest.raises(ConfigError):
+        _generator_config(cfg, "pix2pix", 3, ("imgs", "masks"), "out")
