@@ -22,7 +22,8 @@ from synthgen.checkpoint import load_checkpoint, restore_state, save_checkpoint
 from synthgen.config import Config, ConfigError
 from synthgen.data import PairDataset, find_pairs
 from synthgen.progressive import MIN_RESOLUTION, Stage, depth_for, stages
-from synthgen.steps import TrainState, build_state, format_metrics, render, seed_epoch, train_epoch
+from synthgen.steps import (TrainState, build_state, format_metrics, render, rendering_net, seed_epoch,
+                            train_epoch)
 
 
 def create_synthetic_dataloader(images_dir: str, masks_dir: str, batch_size: int = 4, image_size: int = 256,
@@ -121,7 +122,7 @@ class SyntheticDataGenerator:
             raise ValueError("train_at_resolution: pass a dataloader on the first call")
         size = _image_shape(loader)[1]
         # The first stage builds the networks for `resolution`; they must still divide `size`.
-        depth = (next(iter(self.state.nets.values())).depth if self.state
+        depth = (rendering_net(self.state.nets).depth if self.state
                  else depth_for(self.cfg.train.model, resolution))
         problem = None
         if not MIN_RESOLUTION <= resolution <= size:
@@ -209,7 +210,7 @@ class SyntheticDataGenerator:
     def load(cls, directory: str, device: str = "cpu") -> "SyntheticDataGenerator":
         ckpt = load_checkpoint(directory, device, training_state=True)
         gen = cls(ckpt.model, device, config=ckpt.cfg)
-        net_config = next(iter(ckpt.nets.values())).config  # generator or vae: carries min_size
+        net_config = rendering_net(ckpt.nets).config  # carries min_size
         gen.state = build_state(ckpt.cfg, ckpt.channels, device, net_config.get("min_size"))
         restore_state(gen.state, ckpt)
         return gen

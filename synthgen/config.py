@@ -100,6 +100,22 @@ class VAEConfig:
     kl_warmup_epochs: int = 0
     """Ramp beta linearly from 0 over this many epochs (0 = full beta from the start); avoids the
     decoder learning to ignore z early on."""
+    lambda_gan: float = 0.0
+    """Weight of an adversarial term (cVAE-GAN, as in BicycleGAN); 0 = the plain VAE. > 0 adds a
+    PatchDiscriminator on cat([mask, image]) that sees real pairs against reconstructions and against
+    decodings of z ~ N(0, I) for the same mask. The discriminator takes pix2pix's settings (ndf,
+    gan_mode, spectral_norm, diffaug, and train.lr_d), so each has one default. The term is scaled by
+    the image's pixel count (C*H*W at full resolution), like the summed reconstruction term, so the
+    weight is per pixel: 0.01 is pix2pix's balance (GAN 1 against lambda_l1 100)."""
+    lambda_fm: float = 0.0
+    """Weight of the pix2pixHD feature-matching loss between the discriminator's features of the real
+    and the reconstructed pair (trains the discriminator even when lambda_gan is 0); scaled per pixel
+    like lambda_gan, so 0.1 is pix2pixHD's balance (FM 10 against GAN 1) at lambda_gan 0.01."""
+
+    @property
+    def adversarial(self) -> bool:
+        """Whether the VAE trains with a discriminator (cVAE-GAN)."""
+        return self.lambda_gan > 0 or self.lambda_fm > 0
 
 
 @dataclass
@@ -503,6 +519,9 @@ class Config:
             (all(a in ("color", "translation", "cutout") for a in split_list(p.diffaug)),
              "pix2pix.diffaug is a comma list of color, translation, cutout"),
             (self.vae.latent_dim >= 1 and self.vae.beta >= 0, "vae.latent_dim >= 1 and vae.beta >= 0"),
+            (self.vae.lambda_gan >= 0 and self.vae.lambda_fm >= 0,
+             f"vae.lambda_gan and vae.lambda_fm must be >= 0 (0 disables the term), got "
+             f"{self.vae.lambda_gan} and {self.vae.lambda_fm}"),
             (dt.val_pairs >= 0 and dt.repeats >= 1, "data.val_pairs >= 0 and data.repeats >= 1"),
             (dt.min_pairs >= dt.val_pairs + 1, "data.min_pairs must leave at least one training pair"),
         ] + self._generate_checks() + self._search_checks() + self._evaluate_checks() + _progressive_checks(self)

@@ -50,6 +50,12 @@ def unwrap(net: nn.Module) -> nn.Module:
     return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
 
 
+def rendering_net(nets: dict[str, nn.Module]) -> nn.Module:
+    """The network that draws images ("vae" or "generator", unwrapped); never the discriminator,
+    which pix2pix and the cVAE-GAN both have."""
+    return unwrap(nets["vae" if "vae" in nets else "generator"])
+
+
 def lr_factor(epoch: int, epochs: int, decay_start: float) -> float:
     """pix2pix schedule: constant, then linear decay towards 0 over the remaining epochs."""
     start = int(round(decay_start * epochs))
@@ -100,16 +106,24 @@ def autocast(state: TrainState) -> contextlib.AbstractContextManager:
     return torch.autocast(state.device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
 
 
-def _sync_unless(net: nn.Module, last: bool) -> contextlib.AbstractContextManager:
-    """Accumulating micro-batches under DDP: all-reduce gradients only on the last one."""
+def _sync_unless(net: nn.Module | None, last: bool) -> contextlib.AbstractContextManager:
+    """Accumulating micro-batches under DDP: all-reduce gradients only on the last one (None: no net)."""
     if not last and isinstance(net, nn.parallel.DistributedDataParallel):
         return net.no_sync()
     return contextlib.nullcontext()
 
 
-def _set_requires_grad(net: nn.Module, flag: bool) -> None:
-    for p in net.parameters():
-        p.requires_grad_(flag)
+@contextlib.contextmanager
+def _frozen(net: nn.Module | None):
+    """No parameter gradients for `net` inside (a generator's loss through D); None: a no-op."""
+    params = list(net.parameters()) if net is not None else []
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def _optimiser_step(state: TrainState, name: str) -> None:
@@ -121,19 +135,53 @@ def _optimiser_step(state: TrainState, name: str) -> None:
     scaler.update()
 
 
-def _texture_terms(D: nn.Module, mask: torch.Tensor, real: torch.Tensor, fake: torch.Tensor,
-                   pc) -> dict[str, tuple[torch.Tensor, float]]:
-    """The optional generator terms that reward texture rather than the pixel mean, by loss name:
-    (value, weight). Feature matching compares D's features of the un-augmented pairs: DiffAugment
-    draws different parameters per sample, so augmented real and fake features would not line up."""
+def _add(sums: dict[str, float], values: dict[str, torch.Tensor | float], n: int) -> None:
+    """Accumulate one micro-batch's reported values (their mean over the n micro-batches)."""
+    for key, value in values.items():
+        sums[key] = sums.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value) / n
+
+
+def _discriminator_backward(state: TrainState, mask: torch.Tensor, real: torch.Tensor,
+                            fakes: list[torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    """Back-propagate D's loss (weight 1/n) on real pairs against each of `fakes` (detached), all
+    paired with `mask`; returns the unweighted real and fake terms by loss name.
+
+    Real and fakes go through D in one forward: one DDP forward per backward, and the per-sample
+    DiffAugment parameters differ for every image anyway."""
+    pc = state.cfg.pix2pix
+    with autocast(state):
+        m, x = diff_augment(torch.cat([mask] * (1 + len(fakes))), torch.cat([real] + [f.detach() for f in fakes]),
+                            pc.diffaug)
+        logits = state.nets["discriminator"](torch.cat([m, x], 1))
+        real_logits, fake_logits = logits[:len(real)], logits[len(real):]
+        d_real, d_fake = discriminator_loss_terms(real_logits, fake_logits, pc.gan_mode)
+        loss_d = discriminator_loss(real_logits, fake_logits, pc.gan_mode)
+    state.scalers["discriminator"].scale(loss_d / n).backward()
+    return {"loss/D_real": d_real, "loss/D_fake": d_fake}
+
+
+def _adversarial_loss(state: TrainState, mask: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """The generator's GAN loss for (mask, fake) pairs. Through the unwrapped D (run it frozen), so
+    no DDP reduction is started for gradients that are thrown away."""
+    pc = state.cfg.pix2pix
+    m, x = diff_augment(mask, fake, pc.diffaug)
+    return generator_adversarial_loss(unwrap(state.nets["discriminator"])(torch.cat([m, x], 1)), pc.gan_mode)
+
+
+def _texture_terms(D: nn.Module, mask: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, prefix: str,
+                   lambda_fm: float, lambda_texture: float = 0.0) -> dict[str, tuple[torch.Tensor, float]]:
+    """The optional generator terms that reward texture rather than the pixel mean, by loss name
+    ("loss/<prefix>_fm", ...): (value, weight); a zero weight leaves its term out. Feature matching
+    compares D's features of the un-augmented pairs: DiffAugment draws different parameters per
+    sample, so augmented real and fake features would not line up."""
     terms = {}
-    if pc.lambda_fm > 0:
+    if lambda_fm > 0:
         with torch.no_grad():
             real_features = D.features(torch.cat([mask, real], 1))
-        terms["loss/G_fm"] = (feature_matching_loss(real_features, D.features(torch.cat([mask, fake], 1))),
-                              pc.lambda_fm)
-    if pc.lambda_texture > 0:
-        terms["loss/G_texture"] = (texture_loss(fake, real, mask), pc.lambda_texture)
+        terms[f"loss/{prefix}_fm"] = (feature_matching_loss(real_features, D.features(torch.cat([mask, fake], 1))),
+                                      lambda_fm)
+    if lambda_texture > 0:
+        terms[f"loss/{prefix}_texture"] = (texture_loss(fake, real, mask), lambda_texture)
     return terms
 
 
@@ -142,14 +190,13 @@ def pix2pix_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> d
 
     Per micro-batch the D loss (fake detached) and the G loss (through a frozen, unwrapped D) are both
     back-propagated before either optimiser steps: a simultaneous update, which keeps every DDP module
-    at one forward per backward. The G step goes through `unwrap(D)` so no DDP reduction is started
-    for gradients that are thrown away.
+    at one forward per backward.
     """
     G, D = state.nets["generator"], state.nets["discriminator"]
     pc, n = state.cfg.pix2pix, len(batches)
     for opt in state.optimizers.values():
         opt.zero_grad(set_to_none=True)
-    sums = dict.fromkeys(["loss/G_gan", "loss/G_l1", "loss/D_real", "loss/D_fake"], 0.0)
+    sums: dict[str, float] = {}
     for i, b in enumerate(batches):
         last = i == n - 1
         mask, real = b["mask"], b["image"]
@@ -157,29 +204,18 @@ def pix2pix_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> d
             with autocast(state):
                 # Fading in a new resolution: blend with the generator's output one stage coarser.
                 fake = faded(state.stage, G(mask), lambda r: unwrap(G)(resize(mask, r)))
-                # Real and fake through D in one forward: one DDP forward per backward, and the
-                # per-sample DiffAugment parameters differ for every image anyway.
-                m, x = diff_augment(torch.cat([mask, mask]), torch.cat([real, fake.detach()]), pc.diffaug)
-                real_logits, fake_logits = D(torch.cat([m, x], 1)).chunk(2)
-                d_real, d_fake = discriminator_loss_terms(real_logits, fake_logits, pc.gan_mode)
-                loss_d = discriminator_loss(real_logits, fake_logits, pc.gan_mode)
-            state.scalers["discriminator"].scale(loss_d / n).backward()
-
-            _set_requires_grad(D, False)
-            with autocast(state):
-                m, x = diff_augment(mask, fake, pc.diffaug)
-                g_gan = generator_adversarial_loss(unwrap(D)(torch.cat([m, x], 1)), pc.gan_mode)
-                g_l1 = l1_loss(fake.float(), real)
-                loss_g = g_gan + pc.lambda_l1 * g_l1
-                extra = _texture_terms(unwrap(D), mask, real, fake, pc)
-                for value, weight in extra.values():
-                    loss_g = loss_g + weight * value
-            state.scalers["generator"].scale(loss_g / n).backward()
-            _set_requires_grad(D, True)
-        for key, value in zip(sums, (g_gan, g_l1, d_real, d_fake)):
-            sums[key] += float(value.detach()) / n
-        for key, (value, _) in extra.items():
-            sums[key] = sums.get(key, 0.0) + float(value.detach()) / n
+            d_terms = _discriminator_backward(state, mask, real, [fake], n)
+            with _frozen(D):
+                with autocast(state):
+                    g_gan = _adversarial_loss(state, mask, fake)
+                    g_l1 = l1_loss(fake.float(), real)
+                    loss_g = g_gan + pc.lambda_l1 * g_l1
+                    extra = _texture_terms(unwrap(D), mask, real, fake, "G", pc.lambda_fm, pc.lambda_texture)
+                    for value, weight in extra.values():
+                        loss_g = loss_g + weight * value
+                state.scalers["generator"].scale(loss_g / n).backward()
+        _add(sums, {"loss/G_gan": g_gan, "loss/G_l1": g_l1, **d_terms}, n)
+        _add(sums, {key: value for key, (value, _) in extra.items()}, n)
     _optimiser_step(state, "discriminator")
     _optimiser_step(state, "generator")
     return sums
@@ -193,28 +229,83 @@ def kl_weight(cfg: Config, epoch: int) -> float:
     return v.beta * min(1.0, (epoch + 1) / v.kl_warmup_epochs)
 
 
+def _vae_fakes(state: TrainState, recon: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    """What D is shown against the real pairs: the reconstruction (cVAE-GAN) and, when the adversarial
+    term is on, a decoding of z ~ N(0, I) for the same mask (BicycleGAN's cLR-GAN half).
+
+    Generation decodes prior samples, never posterior ones, and while KL > 0 the two occupy different
+    regions of z, so only this second fake makes the images the pipeline uses sharp. With lambda_gan 0
+    (feature matching only) no term would use what D learns from it, so it is not drawn."""
+    if state.cfg.vae.lambda_gan <= 0:
+        return [recon]
+    vae = unwrap(state.nets["vae"])
+    z = torch.randn_like(mu)
+    with autocast(state):
+        sample = faded(state.stage, vae.decode(z, mask), lambda r: vae.decode(z, resize(mask, r)))
+    return [recon, sample]
+
+
+def _vae_gan_terms(state: TrainState, mask: torch.Tensor, real: torch.Tensor, fakes: list[torch.Tensor],
+                   pixels: float) -> dict[str, tuple[torch.Tensor, float]]:
+    """The VAE's adversarial and feature-matching terms by loss name: (value, weight). The weights are
+    scaled by `pixels` (C*H*W at full resolution) to match the summed reconstruction term."""
+    v = state.cfg.vae
+    terms = {}
+    with autocast(state):
+        if v.lambda_gan > 0:
+            adv = _adversarial_loss(state, torch.cat([mask] * len(fakes)), torch.cat(fakes))
+            terms["loss/VAE_gan"] = (adv, v.lambda_gan * pixels)
+        terms.update(_texture_terms(unwrap(state.nets["discriminator"]), mask, real, fakes[0], "VAE",
+                                    v.lambda_fm * pixels))
+    return terms
+
+
 def vae_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
-    """One update of loss = recon + beta * KL (both summed per image, averaged over the batch)."""
+    """One update of loss = recon + beta * KL (both summed per image, averaged over the batch).
+
+    cVAE-GAN (vae.lambda_gan or vae.lambda_fm > 0, BicycleGAN's cVAE-GAN and cLR-GAN halves): D also
+    steps, on real pairs against (mask, reconstruction) and (mask, decoded z ~ N(0, I)) pairs, and the
+    loss gains lambda_gan * P * G_adv + lambda_fm * P * FM. G_adv and FM are means (per patch, per
+    feature) but recon is summed over the P = C*H*W pixels of an image, so the weights are multiplied
+    by P: lambda_gan is a per-pixel weight, independent of the image size, and lambda_gan 0.01 gives
+    pix2pix's balance of GAN against L1 (1 : 100). As in pix2pix_step, D and VAE are updated
+    simultaneously from the same micro-batches. With both weights 0 no discriminator exists and the
+    step (loss, random draws, reported values) is the plain VAE's.
+    """
     vae, n = state.nets["vae"], len(batches)
+    D = state.nets.get("discriminator")
     beta = kl_weight(state.cfg, state.epoch)
-    state.optimizers["vae"].zero_grad(set_to_none=True)
+    for opt in state.optimizers.values():
+        opt.zero_grad(set_to_none=True)
     sums = dict.fromkeys(["loss/VAE_recon_l1", "loss/VAE_kl", "loss/VAE_total"], 0.0)
     for i, b in enumerate(batches):
-        with _sync_unless(vae, i == n - 1):
+        last = i == n - 1
+        mask, real = b["mask"], b["image"]
+        with _sync_unless(vae, last), _sync_unless(D, last):
             with autocast(state):
-                recon, mu, logvar = vae(b["image"], b["mask"])
-                recon = faded(state.stage, recon,
-                              lambda r: unwrap(vae)(resize(b["image"], r), resize(b["mask"], r))[0])
+                recon, mu, logvar = vae(real, mask)
+                recon = faded(state.stage, recon, lambda r: unwrap(vae)(resize(real, r), resize(mask, r))[0])
             # Summed per image, so a coarser progressive stage would shrink it against the KL term;
             # scaling by the pixel ratio keeps beta's meaning the same at every resolution.
             scale = state.stage.pixel_ratio if state.stage else 1.0
-            recon_loss = vae_reconstruction_loss(recon.float(), b["image"]) * scale
+            recon_loss = vae_reconstruction_loss(recon.float(), real) * scale
             kl = kl_divergence(mu.float(), logvar.float())
-            loss = recon_loss + beta * kl
-            state.scalers["vae"].scale(loss / n).backward()
-        per_pixel = float(l1_loss(recon.detach().float(), b["image"]))
-        for key, value in zip(sums, (per_pixel, float(kl.detach()), float(loss.detach()))):
-            sums[key] += value / n
+            extra, d_terms = {}, {}
+            if D is not None:
+                fakes = _vae_fakes(state, recon, mu, mask)
+                d_terms = _discriminator_backward(state, mask, real, fakes, n)
+            with _frozen(D):
+                if D is not None:
+                    extra = _vae_gan_terms(state, mask, real, fakes, real[0].numel() * scale)
+                loss = recon_loss + beta * kl
+                for value, weight in extra.values():
+                    loss = loss + weight * value
+                state.scalers["vae"].scale(loss / n).backward()
+        _add(sums, {"loss/VAE_recon_l1": l1_loss(recon.detach().float(), real), "loss/VAE_kl": kl,
+                    "loss/VAE_total": loss, **d_terms}, n)
+        _add(sums, {key: value for key, (value, _) in extra.items()}, n)
+    if D is not None:
+        _optimiser_step(state, "discriminator")
     _optimiser_step(state, "vae")
     return sums
 

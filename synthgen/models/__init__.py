@@ -1,7 +1,7 @@
 """Model registry: build the networks of a run from its Config, or rebuild one from a saved `.config`.
 
     from synthgen.models import build_models, build_from_config
-    nets = build_models(cfg, channels=3)        # {"generator": ..., "discriminator": ...} or {"vae": ...}
+    nets = build_models(cfg, channels=3)        # {"generator", "discriminator"} or {"vae"[, "discriminator"]}
     g = build_from_config("generator", nets["generator"].config)   # same architecture, fresh weights
 """
 from __future__ import annotations
@@ -17,7 +17,8 @@ from synthgen.models.pix2pix import PatchDiscriminator, UNetGenerator
 from synthgen.models.vae import ConditionalVAE
 
 __all__ = [
-    "MODELS", "NETWORKS", "build_models", "build_from_config", "build_pix2pix", "build_vae", "init_weights",
+    "MODELS", "NETWORKS", "build_models", "build_from_config", "build_discriminator", "build_pix2pix",
+    "build_vae", "init_weights",
     "UNetGenerator", "PatchDiscriminator", "ConditionalVAE",
 ]
 
@@ -52,15 +53,29 @@ def build_pix2pix(cfg: Config, channels: int, min_size: int | None = None) -> di
         ngf=p.ngf, upsample=p.upsample, dropout=p.dropout, attention=p.generator == "attention_unet",
         min_size=min_size, noise_channels=p.noise_channels,
     )
-    discriminator = PatchDiscriminator(in_channels=1 + channels, ndf=p.ndf, spectral_norm=p.spectral_norm)
+    # Both constructed before either is initialised: the seeded weights of existing runs depend on it.
+    discriminator = build_discriminator(cfg, channels)
     return {"generator": init_weights(generator), "discriminator": init_weights(discriminator)}
 
 
+def build_discriminator(cfg: Config, channels: int) -> nn.Module:
+    """The PatchGAN on cat([mask, image]) of pix2pix and of the cVAE-GAN, from the pix2pix settings
+    (not yet initialised: pass it to init_weights)."""
+    p = cfg.pix2pix
+    return PatchDiscriminator(in_channels=1 + channels, ndf=p.ndf, spectral_norm=p.spectral_norm)
+
+
 def build_vae(cfg: Config, channels: int, min_size: int | None = None) -> dict[str, nn.Module]:
+    """{"vae": ...}, plus {"discriminator": ...} when vae.lambda_gan or vae.lambda_fm is > 0.
+
+    The VAE is built first, so for a seed its initial weights are the same with or without one."""
     v = cfg.vae
     vae = ConditionalVAE(image_channels=channels, image_size=cfg.data.image_size, latent_dim=v.latent_dim, nf=v.nf,
                          min_size=min_size)
-    return {"vae": init_weights(vae)}
+    nets = {"vae": init_weights(vae)}
+    if v.adversarial:
+        nets["discriminator"] = init_weights(build_discriminator(cfg, channels))
+    return nets
 
 
 MODELS: dict[str, Callable[..., dict[str, nn.Module]]] = {"pix2pix": build_pix2pix, "vae": build_vae}
