@@ -61,6 +61,7 @@ EVALUATE_FLAGS = {
     "--synthetic-weight": "evaluate.synthetic_weight", "--pretrain-steps": "evaluate.pretrain_steps",
     "--curve-every": "evaluate.curve_every", "--thresholds": "evaluate.thresholds",
     "--label-fidelity": "evaluate.label_fidelity", "--gen-set": "evaluate.gen_set",
+    "--variations": "evaluate.variations",
 }
 EVALUATE_SWITCHES = {"--invert-mask": "evaluate.invert_mask"}
 TUNE_FLAGS = {

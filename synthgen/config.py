@@ -344,6 +344,11 @@ class EvaluateConfig:
     "pix2pix.noise_channels=4,pix2pix.lambda_texture=50" (any section; applied after the keys above)."""
     num_variations: int = 8
     """Candidates per 128 px source tile in the generated sets."""
+    variations: str = ""
+    """Variation kinds of the generated sets (as generate.variations); '' = per model, pix2pix
+    'noise,elastic,morph,flip', vae/hybrid 'latent,elastic,morph,flip'. Their parameters come from this
+    config's `variations` section, e.g. the mild-geometry recipe "affine,elastic,flip" with
+    variations.affine_degrees=15, variations.affine_scale=0.2 (README, downstream)."""
     threshold: str = "0.5"
     """Generation acceptance threshold used for the synthetic sets, as generate.threshold: a number or
     'real:F' (then relative to the k real pairs of each condition)."""
@@ -544,6 +549,8 @@ class Config:
             (g.num_variations >= 1, "generate.num_variations must be >= 1"),
             (bool(split_list(g.variations)) and all(k in kinds for k in split_list(g.variations)),
              "generate.variations is a comma list of " + ", ".join(kinds)),
+            (all(k in kinds for k in split_list(self.evaluate.variations)),
+             "evaluate.variations is '' or a comma list of " + ", ".join(kinds)),
             (1 <= g.actors_min <= g.actors_max, "need 1 <= generate.actors_min <= generate.actors_max"),
             (g.batch_size >= 1 and g.shard_rows >= 1, "generate.batch_size and shard_rows must be >= 1"),
             (g.cpus_per_actor > 0, "generate.cpus_per_actor must be > 0"),

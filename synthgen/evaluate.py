@@ -18,6 +18,7 @@ results.png, results_curves.png.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -32,6 +33,8 @@ from synthgen.data import DataError, Pair, find_pairs
 
 REAL_CONDITIONS = ("real", "classic")
 GENERATED_CONDITIONS = ("pix2pix", "vae", "hybrid")
+DEFAULT_VARIATIONS = {"pix2pix": "noise,elastic,morph,flip", "vae": "latent,elastic,morph,flip"}
+"""Variation kinds of the generated sets when evaluate.variations is '' (vae also serves hybrid)."""
 
 
 def _file_hash(path: str) -> str:
@@ -179,23 +182,32 @@ def _synthetic_sets(cfg: Config, ks: list[int], real: list[Pair], conditions: li
                 _generator_config(cfg, m, k, pairs_dirs[k], os.path.join(e.out, f"k{k}", m)).to_dict())
             for k in ks for m in models}
     checkpoints = dict(zip(jobs, ray.get(list(jobs.values()))))
-    thresholds = parse_thresholds(e.thresholds)
-    weights = Config().generate.weights + (f",label_fidelity={e.label_fidelity}" if e.label_fidelity else "")
     sets = {}
     for k in ks:
         for c in (c for c in conditions if c in GENERATED_CONDITIONS):
-            g = Config()
-            g.generate.checkpoint = checkpoints[("pix2pix" if c == "hybrid" else c, k)]
-            g.generate.vae_checkpoint = checkpoints[("vae", k)] if c == "hybrid" else ""
-            g.generate.model = c
-            g.generate.variations = "latent,elastic,morph,flip" if c != "pix2pix" else "noise,elastic,morph,flip"
-            # With a threshold ablation, keep every candidate (scores are >= -1): each condition re-filters.
-            g.generate.num_variations, g.generate.threshold = e.num_variations, -1.0 if thresholds else e.threshold
-            g.generate.weights, g.generate.segmenter = weights, "auto" if e.label_fidelity else ""
-            g.generate.out, g.generate.png = os.path.join(e.out, f"k{k}", f"synthetic_{c}"), False
-            g.generate.actors_max = 1
+            vae = checkpoints[("vae", k)] if c == "hybrid" else ""
+            g = _generation_config(cfg, c, checkpoints[("pix2pix" if c == "hybrid" else c, k)], vae,
+                                   os.path.join(e.out, f"k{k}", f"synthetic_{c}"))
             sets[(c, k)] = generate(g, overwrite=True).out
     return sets
+
+
+def _generation_config(cfg: Config, condition: str, checkpoint: str, vae_checkpoint: str, out: str) -> Config:
+    """The `synthgen generate` config of one synthetic set: evaluate's variation kinds, count, threshold
+    and score weights, with the evaluation config's own `variations` section (so --set
+    variations.affine_degrees=15 reaches the generated sets)."""
+    e = cfg.evaluate
+    g = Config()
+    g.variations = copy.deepcopy(cfg.variations)
+    g.generate.checkpoint, g.generate.vae_checkpoint, g.generate.model = checkpoint, vae_checkpoint, condition
+    g.generate.variations = e.variations or DEFAULT_VARIATIONS["pix2pix" if condition == "pix2pix" else "vae"]
+    # With a threshold ablation, keep every candidate (scores are >= -1): each condition re-filters.
+    g.generate.num_variations = e.num_variations
+    g.generate.threshold = -1.0 if parse_thresholds(e.thresholds) else e.threshold
+    g.generate.weights = Config().generate.weights + (f",label_fidelity={e.label_fidelity}" if e.label_fidelity else "")
+    g.generate.segmenter = "auto" if e.label_fidelity else ""
+    g.generate.out, g.generate.png, g.generate.actors_max = out, False, 1
+    return g
 
 
 def summarise(trials: list[dict]) -> dict:
