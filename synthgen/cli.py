@@ -31,8 +31,8 @@ TRAIN_FLAGS = {
     "--checkpoint-every": "train.checkpoint_every", "--keep-checkpoints": "train.keep_checkpoints",
     "--cpus-per-worker": "train.cpus_per_worker", "--gan-mode": "pix2pix.gan_mode", "--ngf": "pix2pix.ngf",
     "--repeats": "data.repeats", "--val-pairs": "data.val_pairs", "--generator": "pix2pix.generator",
-    "--resolutions": "train.resolutions", "--stage-epochs": "train.stage_epochs",
-    "--fade-in-epochs": "train.fade_in_epochs",
+    "--discriminator": "pix2pix.discriminator", "--resolutions": "train.resolutions",
+    "--stage-epochs": "train.stage_epochs", "--fade-in-epochs": "train.fade_in_epochs",
 }
 TRAIN_SWITCHES = {"--gpu": "train.gpu", "--invert-mask": "data.invert_mask", "--resume": "train.resume",
                   "--grad-checkpoint": "train.grad_checkpoint", "--channels-last": "train.channels_last",

@@ -55,7 +55,17 @@ class Pix2PixConfig:
     ngf: int = 64
     """Generator width: channels of the first U-Net layer (doubling per level, capped at 8*ngf)."""
     ndf: int = 64
-    """Discriminator width: channels of the first PatchGAN layer."""
+    """Discriminator width: channels of the first PatchGAN (or OASIS encoder) layer."""
+    discriminator: str = "patch"
+    """Discriminator network by name: 'patch' (the pix2pix 70x70 PatchGAN on cat([mask, image]), one
+    real/fake logit per patch, trained with pix2pix.gan_mode) or 'oasis' (OASIS, Schonfeld et al.
+    2021: a U-Net on the image alone that labels every pixel as one of the mask's classes or 'fake',
+    trained with class-balanced cross-entropy plus LabelMix; pix2pix.gan_mode is then unused). OASIS
+    trains without an L1 term; pix2pix.lambda_l1 still applies, so lower it yourself to get closer."""
+    lambda_labelmix: float = 10.0
+    """Weight of the LabelMix consistency loss (OASIS default 10), used only with discriminator
+    'oasis': D's logits for an image mixed from the real and the generated one by mask class must
+    equal the same mix of its logits for the two; 0 disables it (and its extra D forward)."""
     gan_mode: str = "lsgan"
     """GAN loss: 'vanilla' (BCE, the reference pix2pix), 'lsgan' (least squares) or 'hinge'. lsgan is
     the default: on the ISBI sample (128 px, 300 steps) vanilla and hinge produced periodic stripe
@@ -501,6 +511,9 @@ class Config:
             (t.precision != "fp16" or t.gpu, "train.precision fp16 needs --gpu (use bf16 on CPU)"),
             (t.checkpoint_every >= 1 and t.keep_checkpoints >= 1, "checkpoint_every and keep_checkpoints must be >= 1"),
             (p.gan_mode in ("vanilla", "lsgan", "hinge"), "pix2pix.gan_mode must be vanilla, lsgan or hinge"),
+            (p.discriminator in ("patch", "oasis"),
+             f"pix2pix.discriminator must be patch or oasis, got {p.discriminator!r}"),
+            (p.lambda_labelmix >= 0, "pix2pix.lambda_labelmix must be >= 0"),
             (p.generator in ("unet", "attention_unet") and self.evaluate.gen_generator in ("unet", "attention_unet"),
              "pix2pix.generator and evaluate.gen_generator must be unet or attention_unet"),
             (p.upsample in ("resize", "bilinear", "transpose"), "pix2pix.upsample must be resize, bilinear or transpose"),

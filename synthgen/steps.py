@@ -20,7 +20,8 @@ from synthgen.data import tensor_to_image
 from synthgen.device import prepare_module, to_device
 from synthgen.diffaug import diff_augment
 from synthgen.losses import (discriminator_loss, discriminator_loss_terms, generator_adversarial_loss,
-                             feature_matching_loss, kl_divergence, l1_loss, texture_loss,
+                             feature_matching_loss, kl_divergence, l1_loss, labelmix, labelmix_loss,
+                             mask_to_label, oasis_discriminator_loss_terms, oasis_generator_loss, texture_loss,
                              vae_reconstruction_loss)
 from synthgen.models import build_models
 from synthgen.progressive import Stage, faded, resize, stage_batch, stage_for
@@ -121,6 +122,66 @@ def _optimiser_step(state: TrainState, name: str) -> None:
     scaler.update()
 
 
+def _d_input(pc, mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """What the discriminator judges: the image alone for OASIS (it segments the image, so it must not
+    be shown the mask), cat([mask, image]) for the PatchGAN."""
+    return image if pc.discriminator == "oasis" else torch.cat([mask, image], 1)
+
+
+def _augment_alike(mask: torch.Tensor, images: list[torch.Tensor], policy: str):
+    """DiffAugment each of `images` with one set of parameters (drawn from the global RNG, so seeded
+    runs replay): (augmented mask, [augmented images])."""
+    seed = int(torch.randint(0, 2**62, (1,)))
+    out = [diff_augment(mask, image, policy, torch.Generator().manual_seed(seed)) for image in images]
+    return out[0][0], [image for _, image in out]
+
+
+def _patch_d_loss(D: nn.Module, mask: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, pc):
+    """PatchGAN D loss under pix2pix.gan_mode: (loss, reported terms by name)."""
+    # Real and fake through D in one forward: one DDP forward per backward, and the per-sample
+    # DiffAugment parameters differ for every image anyway.
+    m, x = diff_augment(torch.cat([mask, mask]), torch.cat([real, fake]), pc.diffaug)
+    real_logits, fake_logits = D(torch.cat([m, x], 1)).chunk(2)
+    d_real, d_fake = discriminator_loss_terms(real_logits, fake_logits, pc.gan_mode)
+    return discriminator_loss(real_logits, fake_logits, pc.gan_mode), {"loss/D_real": d_real, "loss/D_fake": d_fake}
+
+
+def _oasis_d_loss(D: nn.Module, mask: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, pc):
+    """OASIS D loss, N+1-class CE plus lambda_labelmix * LabelMix: (loss, reported terms by name).
+
+    DiffAugment still applies: a handful of pairs is as easy to memorise for a per-pixel D as for a
+    PatchGAN (see diffaug.py), and its geometry already moves the mask with the image, so the
+    augmented mask is the label and the pair stays aligned. Real and fake share one set of parameters
+    here so that LabelMix can mix them pixel by pixel; real, fake and mixed go through D in one
+    forward, as in _patch_d_loss."""
+    m, images = _augment_alike(mask, [real, fake], pc.diffaug)
+    label = mask_to_label(m)
+    if pc.lambda_labelmix > 0:
+        mixed, mix = labelmix(*images, label)
+        images.append(mixed)
+    logits = D(torch.cat(images)).chunk(len(images))
+    d_real, d_fake = oasis_discriminator_loss_terms(logits[0], logits[1], label)
+    terms = {"loss/D_real": d_real, "loss/D_fake": d_fake}
+    loss = d_real + d_fake
+    if pc.lambda_labelmix > 0:
+        terms["loss/D_labelmix"] = labelmix_loss(logits[2], logits[0], logits[1], mix)
+        loss = loss + pc.lambda_labelmix * terms["loss/D_labelmix"]
+    return loss, terms
+
+
+D_LOSSES = {"patch": _patch_d_loss, "oasis": _oasis_d_loss}
+"""pix2pix.discriminator -> fn(D, mask, real, fake (detached), pix2pix config) -> (D loss, terms)."""
+
+
+def _generator_adversarial(D: nn.Module, mask: torch.Tensor, fake: torch.Tensor, pc) -> torch.Tensor:
+    """The generator's adversarial loss on its (augmented) output through D."""
+    m, x = diff_augment(mask, fake, pc.diffaug)
+    logits = D(_d_input(pc, m, x))
+    if pc.discriminator == "oasis":
+        return oasis_generator_loss(logits, mask_to_label(m))
+    return generator_adversarial_loss(logits, pc.gan_mode)
+
+
 def _texture_terms(D: nn.Module, mask: torch.Tensor, real: torch.Tensor, fake: torch.Tensor,
                    pc) -> dict[str, tuple[torch.Tensor, float]]:
     """The optional generator terms that reward texture rather than the pixel mean, by loss name:
@@ -129,8 +190,8 @@ def _texture_terms(D: nn.Module, mask: torch.Tensor, real: torch.Tensor, fake: t
     terms = {}
     if pc.lambda_fm > 0:
         with torch.no_grad():
-            real_features = D.features(torch.cat([mask, real], 1))
-        terms["loss/G_fm"] = (feature_matching_loss(real_features, D.features(torch.cat([mask, fake], 1))),
+            real_features = D.features(_d_input(pc, mask, real))
+        terms["loss/G_fm"] = (feature_matching_loss(real_features, D.features(_d_input(pc, mask, fake))),
                               pc.lambda_fm)
     if pc.lambda_texture > 0:
         terms["loss/G_texture"] = (texture_loss(fake, real, mask), pc.lambda_texture)
@@ -143,13 +204,14 @@ def pix2pix_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> d
     Per micro-batch the D loss (fake detached) and the G loss (through a frozen, unwrapped D) are both
     back-propagated before either optimiser steps: a simultaneous update, which keeps every DDP module
     at one forward per backward. The G step goes through `unwrap(D)` so no DDP reduction is started
-    for gradients that are thrown away.
+    for gradients that are thrown away. The adversarial losses follow pix2pix.discriminator (D_LOSSES,
+    _generator_adversarial); L1 and the texture terms apply to either.
     """
     G, D = state.nets["generator"], state.nets["discriminator"]
     pc, n = state.cfg.pix2pix, len(batches)
     for opt in state.optimizers.values():
         opt.zero_grad(set_to_none=True)
-    sums = dict.fromkeys(["loss/G_gan", "loss/G_l1", "loss/D_real", "loss/D_fake"], 0.0)
+    sums: dict[str, float] = {}
     for i, b in enumerate(batches):
         last = i == n - 1
         mask, real = b["mask"], b["image"]
@@ -157,18 +219,12 @@ def pix2pix_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> d
             with autocast(state):
                 # Fading in a new resolution: blend with the generator's output one stage coarser.
                 fake = faded(state.stage, G(mask), lambda r: unwrap(G)(resize(mask, r)))
-                # Real and fake through D in one forward: one DDP forward per backward, and the
-                # per-sample DiffAugment parameters differ for every image anyway.
-                m, x = diff_augment(torch.cat([mask, mask]), torch.cat([real, fake.detach()]), pc.diffaug)
-                real_logits, fake_logits = D(torch.cat([m, x], 1)).chunk(2)
-                d_real, d_fake = discriminator_loss_terms(real_logits, fake_logits, pc.gan_mode)
-                loss_d = discriminator_loss(real_logits, fake_logits, pc.gan_mode)
+                loss_d, d_terms = D_LOSSES[pc.discriminator](D, mask, real, fake.detach(), pc)
             state.scalers["discriminator"].scale(loss_d / n).backward()
 
             _set_requires_grad(D, False)
             with autocast(state):
-                m, x = diff_augment(mask, fake, pc.diffaug)
-                g_gan = generator_adversarial_loss(unwrap(D)(torch.cat([m, x], 1)), pc.gan_mode)
+                g_gan = _generator_adversarial(unwrap(D), mask, fake, pc)
                 g_l1 = l1_loss(fake.float(), real)
                 loss_g = g_gan + pc.lambda_l1 * g_l1
                 extra = _texture_terms(unwrap(D), mask, real, fake, pc)
@@ -176,9 +232,8 @@ def pix2pix_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> d
                     loss_g = loss_g + weight * value
             state.scalers["generator"].scale(loss_g / n).backward()
             _set_requires_grad(D, True)
-        for key, value in zip(sums, (g_gan, g_l1, d_real, d_fake)):
-            sums[key] += float(value.detach()) / n
-        for key, (value, _) in extra.items():
+        report = {"loss/G_gan": g_gan, "loss/G_l1": g_l1, **d_terms, **{k: v for k, (v, _) in extra.items()}}
+        for key, value in report.items():
             sums[key] = sums.get(key, 0.0) + float(value.detach()) / n
     _optimiser_step(state, "discriminator")
     _optimiser_step(state, "generator")

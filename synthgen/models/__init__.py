@@ -3,6 +3,7 @@
     from synthgen.models import build_models, build_from_config
     nets = build_models(cfg, channels=3)        # {"generator": ..., "discriminator": ...} or {"vae": ...}
     g = build_from_config("generator", nets["generator"].config)   # same architecture, fresh weights
+    d = build_from_config(network_kind("discriminator", cfg), nets["discriminator"].config)
 """
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from torch.nn.utils import parametrize
 
 from synthgen.config import Config
 from synthgen.progressive import min_size as schedule_min_size
+from synthgen.models.oasis import OASISDiscriminator
 from synthgen.models.pix2pix import PatchDiscriminator, UNetGenerator
 from synthgen.models.vae import ConditionalVAE
 
 __all__ = [
     "MODELS", "NETWORKS", "build_models", "build_from_config", "build_pix2pix", "build_vae", "init_weights",
-    "UNetGenerator", "PatchDiscriminator", "ConditionalVAE",
+    "network_kind", "UNetGenerator", "PatchDiscriminator", "OASISDiscriminator", "ConditionalVAE",
 ]
 
 
@@ -45,14 +47,20 @@ def init_weights(module: nn.Module, gain: float = 0.02) -> nn.Module:
 
 
 def build_pix2pix(cfg: Config, channels: int, min_size: int | None = None) -> dict[str, nn.Module]:
-    """Generator mask (1 channel) -> image (`channels`); discriminator on cat([mask, image])."""
+    """Generator mask (1 channel) -> image (`channels`); discriminator (pix2pix.discriminator): the
+    PatchGAN on cat([mask, image]) or the OASIS segmenter on the image alone."""
     p = cfg.pix2pix
     generator = UNetGenerator(
         in_channels=1, out_channels=channels, image_size=cfg.data.image_size,
         ngf=p.ngf, upsample=p.upsample, dropout=p.dropout, attention=p.generator == "attention_unet",
         min_size=min_size, noise_channels=p.noise_channels,
     )
-    discriminator = PatchDiscriminator(in_channels=1 + channels, ndf=p.ndf, spectral_norm=p.spectral_norm)
+    if p.discriminator == "oasis":
+        # Masks are binary (data.py), so the OASIS D segments 2 classes (background, foreground) + fake.
+        discriminator = OASISDiscriminator(in_channels=channels, num_classes=2, image_size=cfg.data.image_size,
+                                           ndf=p.ndf, spectral_norm=p.spectral_norm, min_size=min_size)
+    else:
+        discriminator = PatchDiscriminator(in_channels=1 + channels, ndf=p.ndf, spectral_norm=p.spectral_norm)
     return {"generator": init_weights(generator), "discriminator": init_weights(discriminator)}
 
 
@@ -67,9 +75,21 @@ MODELS: dict[str, Callable[..., dict[str, nn.Module]]] = {"pix2pix": build_pix2p
 """cfg.train.model -> builder of that model's networks."""
 
 NETWORKS: dict[str, type[nn.Module]] = {
-    "generator": UNetGenerator, "discriminator": PatchDiscriminator, "vae": ConditionalVAE,
+    "generator": UNetGenerator, "discriminator": PatchDiscriminator, "oasis_discriminator": OASISDiscriminator,
+    "vae": ConditionalVAE,
 }
-"""Network name (the keys build_models returns) -> class, for rebuilding from a saved `.config`."""
+"""Network kind -> class, for rebuilding from a saved `.config`. The kind is the name build_models
+gives the network, except for an OASIS discriminator (see network_kind)."""
+
+
+def network_kind(name: str, cfg: Config) -> str:
+    """The NETWORKS key of the network that a run of `cfg` holds under `name` (a build_models key).
+
+    Both discriminators are stored as "discriminator", so that the training loop and checkpoints
+    name one network whichever it is; the run's config says which class rebuilds it."""
+    if name == "discriminator" and cfg.pix2pix.discriminator == "oasis":
+        return "oasis_discriminator"
+    return name
 
 
 def build_models(cfg: Config, channels: int, min_size: int | None = None) -> dict[str, nn.Module]:
