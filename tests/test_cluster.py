@@ -128,6 +128,7 @@ def test_generate_job_runs_on_both_nodes(cluster, workdir, tmp_path):
     assert sum(per_node.values()) == 64 and manifest["run"]["duplicates_dropped"] == 0
 
 
+@pytest.mark.slow  # > 1 min on 2 cores; run with -m slow
 def test_generate_job_writes_to_a_uri(cluster, workdir, tmp_path):
     uri = f"file://{tmp_path}/bucket/generated"
     proc = submit(cluster, workdir, "generate", "generate.yaml", uri)
@@ -136,6 +137,7 @@ def test_generate_job_writes_to_a_uri(cluster, workdir, tmp_path):
     assert os.listdir(tmp_path / "bucket") == ["generated"], "only the finished dataset lands in the bucket"
 
 
+@pytest.mark.slow  # > 1 min on 2 cores; run with -m slow
 def test_generation_survives_a_killed_actor(cluster, workdir, tmp_path):
     out = str(tmp_path / "generated")
     proc = submit(cluster, workdir, "generate", "generate_big.yaml", out, wait=False)
@@ -153,6 +155,7 @@ def test_generation_survives_a_killed_actor(cluster, workdir, tmp_path):
     check_dataset(out, expected=8 * 16 * 8)  # 8 pairs x 16 tiles of 32 px x 8 variations
 
 
+@pytest.mark.slow  # > 1 min on 2 cores; run with -m slow
 def test_training_resumes_after_a_killed_worker(cluster, workdir, tmp_path):
     out = str(tmp_path / "run")
     proc = submit(cluster, workdir, "train", "train.yaml", out, wait=False)
