@@ -95,14 +95,44 @@ def start_local(num_cpus: int | None = None, log_to_driver: bool = False) -> Non
     docstring); `ensure()` calls it, tests call it for a Ray shared by many commands."""
     import ray
 
+    for attempt in range(3):
+        port = dashboard_port()
+        # Read by the PlacementGroupCleaner (see the module docstring): Ray's processes inherit the
+        # environment of the process that starts them, so setting it for the start is enough.
+        try:
+            with env_var("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{port}"):
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                         dashboard_port=port, log_to_driver=log_to_driver, configure_logging=False)
+            return
+        except Exception as e:  # noqa: BLE001 - Ray reports a taken dashboard port as a bare Exception
+            if not any(taken in str(e) for taken in ("already in use", "already occupied")) or attempt == 2:
+                raise
+            # taken after all: try another port (what the failed start left running is reaped at exit)
+
+
+def dashboard_port() -> int:
+    """A free port below the kernel's ephemeral range, where none of the ports that processes take
+    at random (Ray's own bind to port 0 as they start) can land between this check and the
+    dashboard's start: Ray gives a dashboard on a named port no second try."""
+    import random
+    import socket
+
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    for _ in range(100):
+        port = random.randint(10000, max(10001, ephemeral - 1))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
     from synthgen.local_cluster import free_port
 
-    port = free_port()
-    # Read by the PlacementGroupCleaner (see the module docstring): Ray's processes inherit the
-    # environment of the process that starts them, so setting it for the start is enough.
-    with env_var("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{port}"):
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                 dashboard_port=port, log_to_driver=log_to_driver, configure_logging=False)
+    return free_port()
 
 
 @contextlib.contextmanager
