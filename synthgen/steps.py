@@ -317,13 +317,17 @@ def train_epoch(state: TrainState, batches: Iterable[dict[str, torch.Tensor]],
     return metrics
 
 
+def metrics_text(metrics: dict[str, float]) -> str:
+    """An epoch's losses and validation scores, e.g. 'G_l1 0.5306  val_ssim 0.1430'."""
+    return "  ".join(f"{k.replace('loss/', '').replace('/', '_')} {v:.4f}" for k, v in metrics.items() if "/" in k)
+
+
 def format_metrics(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
     """The per-epoch progress line."""
-    parts = [f"{k.replace('loss/', '').replace('/', '_')} {v:.4f}" for k, v in metrics.items() if "/" in k]
     at = f" @{metrics['resolution']:.0f}px" if "resolution" in metrics else ""
     if metrics.get("fade_alpha", 1.0) < 1.0:
         at += f" (fade-in {metrics['fade_alpha']:.2f})"
-    return f"epoch {epoch + 1}/{epochs}{at}  " + "  ".join(parts) + f"  ({metrics['time_s']:.1f}s)"
+    return f"epoch {epoch + 1}/{epochs}{at}  " + metrics_text(metrics) + f"  ({metrics['time_s']:.1f}s)"
 
 
 def _noise_channels(gen: nn.Module) -> int:
