@@ -12,6 +12,8 @@ doubles the batch of the synthetic conditions (about 1.5x the segmenter time in 
 scored every --curve-every steps: the JSON line's "plateau" says per condition whether it still rose at
 the end (measured: real-only k=5 plateaus near step 500 of a 1500-step run, README).
     python benchmarks/bench_downstream.py --k 5 --conditions real,classic,pix2pix --thresholds 0,0.5   # filter ablation
+    python benchmarks/bench_downstream.py --k 5 --conditions pix2pix --variations affine,elastic,flip \
+        --set variations.affine_degrees=15 --set variations.affine_scale=0.2   # mild geometry only
 
 Prints progress to stderr and one JSON line (the summary table and timings) to stdout; results.md/json/png land in --out.
 """
@@ -50,6 +52,9 @@ def main() -> None:
     p.add_argument("--curve-every", type=int, default=EvaluateConfig.curve_every, help="evaluate.curve_every")
     p.add_argument("--thresholds", default="", help='evaluate.thresholds: filter ablation, e.g. "0,0.5"')
     p.add_argument("--label-fidelity", type=float, default=0.0, help="evaluate.label_fidelity (score weight)")
+    p.add_argument("--variations", default="", help='evaluate.variations, e.g. "affine,elastic,flip" ("" = per model)')
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other config key, e.g. variations.affine_degrees=15 (repeatable)")
     p.add_argument("--conditions", default="real,classic,pix2pix,vae,hybrid")
     p.add_argument("--generator", default="unet", choices=["unet", "attention_unet"], help="pix2pix generator")
     p.add_argument("--cpus", type=int, default=os.cpu_count())
@@ -69,7 +74,10 @@ def main() -> None:
     e.conditions, e.gen_generator, e.gen_set = args.conditions, args.generator, args.gen_set
     e.mixing, e.synthetic_fraction, e.synthetic_weight = args.mixing, args.synthetic_fraction, args.synthetic_weight
     e.pretrain_steps, e.curve_every, e.thresholds = args.pretrain_steps, args.curve_every, args.thresholds
-    e.label_fidelity = args.label_fidelity
+    e.label_fidelity, e.variations = args.label_fidelity, args.variations
+    for item in args.set:
+        key, _, value = item.partition("=")
+        cfg.set(key.strip(), value.strip(), source="--set")
     cfg.validate()
 
     t0 = time.time()
@@ -87,7 +95,8 @@ def main() -> None:
                       "seeds": args.seeds, "generator": args.generator, "mixing": args.mixing,
                       "synthetic_fraction": args.synthetic_fraction, "synthetic_weight": args.synthetic_weight,
                       "pretrain_steps": args.pretrain_steps, "thresholds": args.thresholds,
-                      "label_fidelity": args.label_fidelity, "wall_s": round(time.time() - t0, 1), "summary": s,
+                      "label_fidelity": args.label_fidelity, "gen_set": args.gen_set,
+                      "variations": args.variations, "set": args.set, "wall_s": round(time.time() - t0, 1), "summary": s,
                       "gain_over_best_baseline_dice": gains,
                       "plateau": {c: {k: {"step": v["plateau_step"], "still_rising": v["still_rising"]}
                                       for k, v in by_k.items()} for c, by_k in result["curves"].items()}}))

@@ -60,7 +60,7 @@ import warnings
 
 import numpy as np
 
-from common import SAMPLE_TRAIN, csv_list as _csv, make_log  # noqa: E402
+from common import SAMPLE_TRAIN, csv_list as _csv, error_text, make_log, reserve_stdout  # noqa: E402
 
 log = make_log("bench_generate")
 
@@ -201,28 +201,32 @@ def source_inputs(cfg) -> tuple[list, int]:
     return load_sources(cfg.generate, main.cfg, main.channels), main.channels
 
 
-def bare_forward(checkpoint: str, sources, variations: int, batch: int, threads: int, device: str) -> dict:
+def bare_forward(checkpoint: str, sources, variations: int, batch: int, threads: int, device: str,
+                 precision: str = "fp32", channels_last: bool = False) -> dict:
     """Samples/s of the checkpoint's generator in a plain inference_mode loop over len(sources) x
-    variations samples in batches of `batch`, after one untimed warm-up batch."""
+    variations samples in batches of `batch`, after one untimed warm-up batch; `precision` (autocast)
+    and `channels_last` as generate.precision / generate.channels_last (main measures fp32, NCHW)."""
     import torch
 
     from synthgen.checkpoint import load_checkpoint
+    from synthgen.device import prepare_module, to_device
 
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         dev = torch.device(device)
-        gen = load_checkpoint(checkpoint, dev).nets["generator"].eval()
+        gen = prepare_module(load_checkpoint(checkpoint, dev).nets["generator"].eval(), channels_last)
         masks = np.repeat(np.stack([s.mask for s in sources]).astype(np.float32), variations, axis=0)
         inputs = torch.from_numpy(masks).unsqueeze(1)
         n = len(inputs)
         sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-        with torch.inference_mode():
-            gen(inputs[:batch].to(dev))
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+            gen(to_device(inputs[:batch], dev, channels_last))
             sync()
             t0 = time.perf_counter()
             for i in range(0, n, batch):
-                gen(inputs[i:i + batch].to(dev))
+                gen(to_device(inputs[i:i + batch], dev, channels_last))
             sync()
             elapsed = time.perf_counter() - t0
     finally:
@@ -230,24 +234,27 @@ def bare_forward(checkpoint: str, sources, variations: int, batch: int, threads:
     return {"samples": n, "seconds": elapsed, "samples_per_s": n / elapsed}
 
 
-def stage_profile(cfg, sources, channels: int, threads: int) -> dict:
-    """ms per candidate of each pipeline stage on one block (generate.batch_size sources) of real
-    candidates, in this process: the pipeline's own stage functions, called directly."""
+def source_block(sources, channels: int) -> dict:
+    """`sources` as the one batch Ray Data hands the variation stage (the columns build_pipeline makes)."""
+    size = sources[0].mask.shape[0]
+    blank = np.zeros((size, size, channels), np.uint8)
+    return {"source_index": np.arange(len(sources)), "source_id": np.array([s.id for s in sources]),
+            "mask": np.stack([s.mask for s in sources]),
+            "has_image": np.array([s.image is not None for s in sources]),
+            "image": np.stack([s.image if s.image is not None else blank for s in sources])}
+
+
+def render_block(cfg, sources, channels: int, threads: int) -> dict:
+    """One block (generate.batch_size sources) through the pipeline's variation stage and a
+    GeneratorActor built as build_pipeline builds it, in this process, after one untimed 1-group
+    call: {"groups" (the actor's output), "actor", "models", "variations_s", "actor_call_s"}."""
     import torch
 
-    from synthgen.generate import GeneratorActor, _checkpoints, make_variation_groups, score_groups
-    from synthgen.quality import assess_quality, parse_weights
+    from synthgen.generate import GeneratorActor, _checkpoints, make_variation_groups
 
     g = cfg.generate
-    block = sources[:g.batch_size]
-    size = block[0].mask.shape[0]
-    blank = np.zeros((size, size, channels), np.uint8)
-    batch = {"source_index": np.arange(len(block)), "source_id": np.array([s.id for s in block]),
-             "mask": np.stack([s.mask for s in block]),
-             "has_image": np.array([s.image is not None for s in block]),
-             "image": np.stack([s.image if s.image is not None else blank for s in block])}
+    batch = source_block(sources[:g.batch_size], channels)
     kinds = [k.strip() for k in g.variations.split(",")]
-    weights = parse_weights(g.weights)
     checkpoints, _ = _checkpoints(g)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -259,28 +266,49 @@ def stage_profile(cfg, sources, channels: int, threads: int) -> dict:
         warm = {k: v[:1] for k, v in groups.items()}
         actor(dict(warm))                                   # first call: allocator, kernels
         t0 = time.perf_counter()
-        groups = actor(groups)
+        groups = actor(groups)                              # returns numpy arrays: synchronised
         t_gen = time.perf_counter() - t0
     finally:
         torch.set_num_threads(old_threads)
-    t0 = time.perf_counter()
-    score_groups(groups, weights, g.threshold, list(checkpoints))
-    t_score = time.perf_counter() - t0
-    name = list(checkpoints)[0]
-    t0 = time.perf_counter()
-    n = 0
+    return {"groups": groups, "actor": actor, "models": list(checkpoints), "variations_s": t_var,
+            "actor_call_s": t_gen}
+
+
+def skimage_scores(groups: dict, name: str, weights: dict[str, float]) -> list[list[dict]]:
+    """synthgen.quality.assess_quality of every candidate of model `name` in a rendered block, as
+    score_groups calls it ([group][variation] -> scores; diversity against the group's siblings)."""
+    from synthgen.quality import assess_quality
+
+    out = []
     for gi in range(len(groups["source_id"])):
         images = list(groups[f"generated_{name}"][gi])
         has_image = bool(groups["has_image"][gi])
         w = weights if has_image else {k: v for k, v in weights.items() if k != "ssim"}
-        for v, img in enumerate(images):
-            assess_quality(img, groups["var_mask"][gi][v], groups["ref_image"][gi][v] if has_image else None,
-                           images[:v] + images[v + 1:], w, source_mask=groups["ref_mask"][gi][v])
-            n += 1
+        out.append([assess_quality(img, groups["var_mask"][gi][v], groups["ref_image"][gi][v] if has_image else None,
+                                   images[:v] + images[v + 1:], w, source_mask=groups["ref_mask"][gi][v])
+                    for v, img in enumerate(images)])
+    return out
+
+
+def stage_profile(cfg, sources, channels: int, threads: int) -> dict:
+    """ms per candidate of each pipeline stage on one block (generate.batch_size sources) of real
+    candidates, in this process: the pipeline's own stage functions, called directly."""
+    from synthgen.generate import score_groups
+    from synthgen.quality import parse_weights
+
+    g = cfg.generate
+    weights = parse_weights(g.weights)
+    block = render_block(cfg, sources, channels, threads)
+    groups = block["groups"]
+    t0 = time.perf_counter()
+    score_groups(groups, weights, g.threshold, block["models"])
+    t_score = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    n = sum(len(row) for row in skimage_scores(groups, block["models"][0], weights))
     t_assess = time.perf_counter() - t0
     per = 1000.0 / n
-    return {"candidates": n, "assess_quality": round(t_assess * per, 2), "variations": round(t_var * per, 2),
-            "generator_actor_call": round(t_gen * per, 2), "score_stage": round(t_score * per, 2)}
+    return {"candidates": n, "assess_quality": round(t_assess * per, 2), "variations": round(block["variations_s"] * per, 2),
+            "generator_actor_call": round(block["actor_call_s"] * per, 2), "score_stage": round(t_score * per, 2)}
 
 
 class TimedGeneratorActor:
@@ -307,13 +335,19 @@ class TimedGeneratorActor:
         t0 = time.time()
         out = self.inner(batch)
         n = int(np.prod(batch["var_mask"].shape[:2]))
-        self._log({"event": "call", "t0": t0, "t1": time.time(), "n": n})
+        self._log({"event": "call", "t0": t0, "t1": time.time(), "n": n, "peak_gpu_mb": _peak_gpu_mb(self.inner.device)})
         return out
 
 
 def _torch_threads() -> int:
     import torch
     return torch.get_num_threads()
+
+
+def _peak_gpu_mb(device) -> float | None:
+    """torch.cuda.max_memory_allocated of this process on `device` in MB, None off CUDA."""
+    import torch
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
 def run_pipeline(cfg, log_dir: str) -> dict:
@@ -337,8 +371,12 @@ def run_pipeline(cfg, log_dir: str) -> dict:
         datasets.append(ds)
         return ds
 
-    TimedGeneratorActor.log_dir = log_dir
-    generate_module.DatasetWriter, generate_module.GeneratorActor = TimedWriter, TimedGeneratorActor
+    # A class made for this run carries log_dir into the actor processes: cloudpickle sends a class
+    # it cannot import by name by value, attributes included. An attribute set on the module's own
+    # class would reach them only while this file runs as __main__ (gpu_check.py imports it).
+    timed = type("TimedGeneratorActor", (TimedGeneratorActor,),
+                 {"log_dir": log_dir, "__qualname__": "run_pipeline.<locals>.TimedGeneratorActor"})
+    generate_module.DatasetWriter, generate_module.GeneratorActor = TimedWriter, timed
     generate_module.build_pipeline = build
     try:
         cpu0, self0, procs0 = machine_cpu(), self_cpu_s(), process_ticks()
@@ -387,7 +425,11 @@ def actor_timing(events: list[dict], start: float, end: float) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked, with --batch-size resolved (also how benchmarks/gpu_check.py gets
+    its generate settings); --cpus stays None for 'all cores'."""
+    from synthgen.config import GenerateConfig
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=_csv(int), default=[128, 256], help="model sizes in px (default 128,256)")
     p.add_argument("--variations", type=int, default=8, help="generate.num_variations (default 8)")
@@ -418,21 +460,111 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--variations, --actors and --pairs must be >= 1")
     if any(s < 16 or s % 16 for s in args.sizes):
         p.error("--sizes must be multiples of 16")
+    if args.batch_size is None:
+        args.batch_size = GenerateConfig().batch_size
+    return args
 
-    # Ray, Ray Data and generate() write to stdout; keep stdout for the one JSON line.
-    json_out = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
+
+def prepare_data(args, tmp_dir: str) -> tuple[str, str, str, list, int]:
+    """(root, images, masks, pairs, channels) of --data or the ISBI sample, the first --pairs of it
+    copied under tmp_dir when --pairs is given."""
+    from synthgen.data import find_pairs, image_channels
+
+    root = args.data or SAMPLE_TRAIN
+    images, masks = subset_pairs(root, os.path.join(tmp_dir, "data"), args.pairs)
+    pairs = find_pairs(images, masks)
+    channels = image_channels(pairs)
+    log(f"data: {len(pairs)} pairs from {os.path.dirname(images)}, {channels} channel(s), masks inverted")
+    return root, images, masks, pairs, channels
+
+
+def warm_up(args, root: str, checkpoint: str, tmp_dir: str) -> None:
+    """A small untimed generate() (1 pair, 2 variations, 1 actor), with Ray already started."""
+    # Task workers (variations, scorer) are reused across runs and import torch/scipy/skimage on
+    # their first task; pay that once here so the first timed run is not penalised. Realism is off:
+    # its C2ST needs sources from 2 or more images, and it runs in this process, warming nothing.
+    w_images, w_masks = subset_pairs(root, os.path.join(tmp_dir, "warm"), 1)
+    cfg = generate_config(args, checkpoint, os.path.join(tmp_dir, "out_warmup"), 1,
+                          masks=w_masks, images=w_images, num_variations=2, realism=False)
+    t0 = time.time()
+    try:
+        run_pipeline(cfg, os.path.join(tmp_dir, "actors_warmup"))
+        log(f"warm-up generate() done in {time.time() - t0:.0f}s (untimed)")
+    except Exception as e:  # noqa: BLE001 - the timed runs report their own errors
+        log(f"warm-up generate() failed: {type(e).__name__}: {e}")
+    shutil.rmtree(os.path.join(tmp_dir, "out_warmup"), ignore_errors=True)
+
+
+def measure_run(args, size: int, actors: int, checkpoint: str, tmp_dir: str, baseline: float,
+                tag: str = "") -> tuple[dict, dict | None]:
+    """One timed generate() of `checkpoint` with `actors` fixed actors, Ray already started: (the
+    result row, run_pipeline's record or None when it did not run). `baseline`: bare-forward
+    samples/s for the efficiencies; `tag` prefixes the log lines."""
+    import ray
+
+    out = os.path.join(tmp_dir, f"out_{size}_{actors}")
+    cfg = generate_config(args, checkpoint, out, actors)
+    g = cfg.generate
+    row = {"image_size": size, "actors": actors, "cpus_per_actor": None if args.gpu else round(g.cpus_per_actor, 4),
+           "threads_per_actor": None if args.gpu else threads_for(g.cpus_per_actor),
+           "samples": None, "pipeline_s": None, "samples_per_s": None,
+           "bare_forward_samples_per_s": round(baseline, 3), "efficiency": None,
+           "steady_samples_per_s": None, "steady_efficiency": None, "actor_start_s": None,
+           "actor_import_s": None, "actor_load_s": None, "first_output_s": None, "actor_busy": None, "generate_call_s": None}
+    total_gpus = ray.cluster_resources().get("GPU", 0)
+    if args.gpu and actors > total_gpus:
+        row["error"] = f"needs {actors} GPUs, Ray has {total_gpus:g}"
+        log(f"{tag} {size}px x {actors} actor(s): skipped ({row['error']})")
+        return row, None
+    log(f"{tag} {size}px x {actors} actor(s) ({g.cpus_per_actor:.3g} CPU each), "
+        f"{args.variations} variations, batch {g.batch_size} ...")
+    try:
+        r = run_pipeline(cfg, os.path.join(tmp_dir, f"actors_{size}_{actors}"))
+    except Exception as e:  # noqa: BLE001 - one failing configuration must not lose the others
+        row["error"] = error_text(e)
+        log(f"{tag}   FAILED: {row['error']}")
+        shutil.rmtree(out, ignore_errors=True)
+        return row, None
+    res, arrivals = r["result"], r["arrivals"]
+    timing = actor_timing(r["events"], r["start"], r["start"] + res.seconds)
+    steady = timing.pop("steady_samples_per_s")
+    threads_seen = timing.pop("actor_threads")
+    row.update({
+        "samples": res.generated, "accepted": res.accepted, "pipeline_s": round(res.seconds, 2),
+        "samples_per_s": round(res.samples_per_s, 3),
+        "efficiency": round(res.samples_per_s / baseline, 3),
+        "steady_samples_per_s": round(steady, 3) if steady else None,
+        "steady_efficiency": round(steady / baseline, 3) if steady else None,
+        **timing,
+        "first_output_s": round(arrivals[0][0] - r["start"], 2) if arrivals else None,
+        "generate_call_s": round(r["call_s"], 2),
+        "machine_cpu_busy": r["machine_cpu_busy"], "driver_cpu_s": r["driver_cpu_s"],
+        "other_processes_cpu_s": r["other_processes_cpu_s"],
+    })
+    if threads_seen and not args.gpu and threads_seen != [row["threads_per_actor"]]:
+        row["threads_per_actor"] = threads_seen if len(threads_seen) > 1 else threads_seen[0]
+    log(f"{tag}   {res.generated} samples in {res.seconds:.1f}s: {res.samples_per_s:.2f} samples/s, "
+        f"efficiency {row['efficiency']:.2f} (bare {baseline:.2f}); steady {steady or float('nan'):.2f} "
+        f"samples/s; first render at {row['actor_start_s']}s (in the actor: imports {row['actor_import_s']}s, "
+        f"checkpoint load {row['actor_load_s']}s), "
+        f"first block written at {row['first_output_s']}s, actors busy {row['actor_busy']}; machine CPU busy "
+        f"{row['machine_cpu_busy']}, driver CPU {row['driver_cpu_s']}s, other processes' CPU "
+        f"{row['other_processes_cpu_s']}s")
+    if r["stats"]:
+        log(f"{tag}   Ray Data stats:\n{r['stats']}")
+    shutil.rmtree(out, ignore_errors=True)
+    return row, r
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    json_out = reserve_stdout()
     started = time.time()
     warnings.filterwarnings("ignore", category=UserWarning)
 
     import ray
     import torch
 
-    from synthgen.config import GenerateConfig
-    from synthgen.data import find_pairs, image_channels
-
-    if args.batch_size is None:
-        args.batch_size = GenerateConfig().batch_size
     if args.gpu and not torch.cuda.is_available():
         log("--gpu given but CUDA is not available here; running on CPU")
         args.gpu = False
@@ -440,11 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     args.cpus = args.cpus or os.cpu_count()
 
     tmp = tempfile.TemporaryDirectory(prefix="bench_generate_")
-    root = args.data or SAMPLE_TRAIN
-    images, masks = subset_pairs(root, os.path.join(tmp.name, "data"), args.pairs)
-    pairs = find_pairs(images, masks)
-    channels = image_channels(pairs)
-    log(f"data: {len(pairs)} pairs from {os.path.dirname(images)}, {channels} channel(s), masks inverted")
+    root, images, masks, pairs, channels = prepare_data(args, tmp.name)
 
     checkpoints = {}
     for size in args.sizes:
@@ -464,19 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         f"device {device}")
 
     if not args.no_warmup:
-        # Task workers (variations, scorer) are reused across runs and import torch/scipy/skimage on
-        # their first task; pay that once here so the first timed run is not penalised.
-        warm = os.path.join(tmp.name, "warm")
-        w_images, w_masks = subset_pairs(root, warm, 1)
-        cfg = generate_config(args, checkpoints[args.sizes[0]], os.path.join(tmp.name, "out_warmup"), 1,
-                              masks=w_masks, images=w_images, num_variations=2)
-        t0 = time.time()
-        try:
-            run_pipeline(cfg, os.path.join(tmp.name, "actors_warmup"))
-            log(f"warm-up generate() done in {time.time() - t0:.0f}s (untimed)")
-        except Exception as e:  # noqa: BLE001 - the timed runs report their own errors
-            log(f"warm-up generate() failed: {type(e).__name__}: {e}")
-        shutil.rmtree(os.path.join(tmp.name, "out_warmup"), ignore_errors=True)
+        warm_up(args, root, checkpoints[args.sizes[0]], tmp.name)
 
     # Baselines and stage profiles: one per size, at the thread count of a 1-actor run.
     baseline, baseline_other, scorer_ms, stage_ms = {}, {}, {}, {}
@@ -505,61 +621,9 @@ def main(argv: list[str] | None = None) -> int:
             runs += [(size, n) for n in args.actors if (size, n) not in runs]
     runs.sort()
     results = []
-    total_gpus = ray.cluster_resources().get("GPU", 0)
     for i, (size, actors) in enumerate(runs, 1):
-        out = os.path.join(tmp.name, f"out_{size}_{actors}")
-        cfg = generate_config(args, checkpoints[size], out, actors)
-        g = cfg.generate
-        row = {"image_size": size, "actors": actors, "cpus_per_actor": None if args.gpu else round(g.cpus_per_actor, 4),
-               "threads_per_actor": None if args.gpu else threads_for(g.cpus_per_actor),
-               "samples": None, "pipeline_s": None, "samples_per_s": None,
-               "bare_forward_samples_per_s": round(baseline[size], 3), "efficiency": None,
-               "steady_samples_per_s": None, "steady_efficiency": None, "actor_start_s": None,
-               "actor_import_s": None, "actor_load_s": None, "first_output_s": None, "actor_busy": None, "generate_call_s": None}
-        if args.gpu and actors > total_gpus:
-            row["error"] = f"needs {actors} GPUs, Ray has {total_gpus:g}"
-            results.append(row)
-            log(f"[{i}/{len(runs)}] {size}px x {actors} actor(s): skipped ({row['error']})")
-            continue
-        log(f"[{i}/{len(runs)}] {size}px x {actors} actor(s) ({g.cpus_per_actor:.3g} CPU each), "
-            f"{args.variations} variations, batch {g.batch_size} ...")
-        try:
-            r = run_pipeline(cfg, os.path.join(tmp.name, f"actors_{size}_{actors}"))
-        except Exception as e:  # noqa: BLE001 - one failing configuration must not lose the others
-            row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:500]
-            results.append(row)
-            log(f"[{i}/{len(runs)}]   FAILED: {row['error']}")
-            shutil.rmtree(out, ignore_errors=True)
-            continue
-        res, arrivals = r["result"], r["arrivals"]
-        timing = actor_timing(r["events"], r["start"], r["start"] + res.seconds)
-        steady = timing.pop("steady_samples_per_s")
-        threads_seen = timing.pop("actor_threads")
-        row.update({
-            "samples": res.generated, "accepted": res.accepted, "pipeline_s": round(res.seconds, 2),
-            "samples_per_s": round(res.samples_per_s, 3),
-            "efficiency": round(res.samples_per_s / baseline[size], 3),
-            "steady_samples_per_s": round(steady, 3) if steady else None,
-            "steady_efficiency": round(steady / baseline[size], 3) if steady else None,
-            **timing,
-            "first_output_s": round(arrivals[0][0] - r["start"], 2) if arrivals else None,
-            "generate_call_s": round(r["call_s"], 2),
-            "machine_cpu_busy": r["machine_cpu_busy"], "driver_cpu_s": r["driver_cpu_s"],
-            "other_processes_cpu_s": r["other_processes_cpu_s"],
-        })
-        if threads_seen and not args.gpu and threads_seen != [row["threads_per_actor"]]:
-            row["threads_per_actor"] = threads_seen if len(threads_seen) > 1 else threads_seen[0]
+        row, _ = measure_run(args, size, actors, checkpoints[size], tmp.name, baseline[size], f"[{i}/{len(runs)}]")
         results.append(row)
-        log(f"[{i}/{len(runs)}]   {res.generated} samples in {res.seconds:.1f}s: {res.samples_per_s:.2f} samples/s, "
-            f"efficiency {row['efficiency']:.2f} (bare {baseline[size]:.2f}); steady {steady or float('nan'):.2f} "
-            f"samples/s; first render at {row['actor_start_s']}s (in the actor: imports {row['actor_import_s']}s, "
-            f"checkpoint load {row['actor_load_s']}s), "
-            f"first block written at {row['first_output_s']}s, actors busy {row['actor_busy']}; machine CPU busy "
-            f"{row['machine_cpu_busy']}, driver CPU {row['driver_cpu_s']}s, other processes' CPU "
-            f"{row['other_processes_cpu_s']}s")
-        if r["stats"]:
-            log(f"[{i}/{len(runs)}]   Ray Data stats:\n{r['stats']}")
-        shutil.rmtree(out, ignore_errors=True)
 
     ray.shutdown()
     tmp.cleanup()

@@ -47,7 +47,7 @@ import warnings
 
 import numpy as np
 
-from common import SAMPLE_TRAIN, csv_list as _csv, make_log  # noqa: E402
+from common import SAMPLE_TRAIN, csv_list as _csv, error_text, make_log, reserve_stdout  # noqa: E402
 
 log = make_log("bench_train")
 
@@ -58,7 +58,7 @@ def default_steps(image_size: int) -> int:
 
 
 def write_synthetic_pairs(root: str, n: int = 6, size: int = 512, seed: int = 0) -> tuple[str, str]:
-    """n gray 512x512 pairs: blob masks (0/255) and a noisy image that is a smooth function of the mask."""
+    """n gray size x size pairs: blob masks (0/255) and a noisy image that is a smooth function of the mask."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -69,7 +69,8 @@ def write_synthetic_pairs(root: str, n: int = 6, size: int = 512, seed: int = 0)
     for i in range(n):
         mask = np.zeros((size, size), bool)
         for _ in range(12):
-            cy, cx, r = rng.integers(0, size), rng.integers(0, size), rng.integers(16, 64)
+            # radii 16-64 px at 512 px, scaled with the size so small images keep background
+            cy, cx, r = rng.integers(0, size), rng.integers(0, size), rng.integers(size // 32, size // 8)
             mask |= (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
         img = np.clip(np.where(mask, 200.0, 60.0) + rng.normal(0, 8, (size, size)), 0, 255).astype(np.uint8)
         Image.fromarray(img).save(os.path.join(images, f"p{i:02d}.png"))
@@ -167,6 +168,12 @@ VARIANTS = {
 """--variants: named config changes measured against each other (memory, speed)."""
 
 
+def empty_row(model: str, size: int, batch: int, workers: int, variant: str) -> dict:
+    """A result row with its configuration and no numbers yet."""
+    return {"model": model, "image_size": size, "batch": batch, "workers": workers, "variant": variant,
+            "s_per_step": None, "images_per_s": None, "peak_mem_mb": None}
+
+
 def run_config(args, model: str, size: int, batch: int, workers: int, steps: int, pairs, channels: int,
                storage: str, index: int, variant: str = "fp32") -> dict:
     import ray
@@ -175,8 +182,7 @@ def run_config(args, model: str, size: int, batch: int, workers: int, steps: int
 
     from synthgen.config import Config
 
-    row = {"model": model, "image_size": size, "batch": batch, "workers": workers, "variant": variant,
-           "s_per_step": None, "images_per_s": None, "peak_mem_mb": None}
+    row = empty_row(model, size, batch, workers, variant)
     total = ray.cluster_resources()
     if workers * args.cpus_per_worker > total.get("CPU", 0) + 1e-9:
         row["error"] = (f"needs {workers * args.cpus_per_worker:g} CPUs, Ray has {total.get('CPU', 0):g}")
@@ -217,7 +223,7 @@ def run_config(args, model: str, size: int, batch: int, workers: int, steps: int
         if not m:
             raise RuntimeError("the workers reported no metrics")
     except Exception as e:  # noqa: BLE001 - one failing configuration (e.g. OOM) must not lose the others
-        row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:500]
+        row["error"] = error_text(e)
         return row
     elapsed = m["elapsed_s"]
     row["s_per_step"] = round(elapsed / steps, 4)
@@ -229,7 +235,8 @@ def run_config(args, model: str, size: int, batch: int, workers: int, steps: int
     return row
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked (also how benchmarks/gpu_check.py gets its train settings)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", type=_csv(str), default=["pix2pix", "vae"], help="comma list (default pix2pix,vae)")
     p.add_argument("--sizes", type=_csv(int), default=[128, 256], help="image sizes in px (default 128,256)")
@@ -258,45 +265,41 @@ def main(argv: list[str] | None = None) -> int:
     for v in args.variants:
         if v not in VARIANTS:
             p.error(f"unknown variant {v!r} ({', '.join(VARIANTS)})")
+    return args
 
-    # Ray and Ray Train write to stdout; keep stdout for the one JSON line.
-    json_out = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    started = time.time()
 
-    import ray
-    import torch
-
+def load_pairs(args, tmp_dir: str) -> tuple[list, int]:
+    """(pairs, channels): synthetic pairs written under tmp_dir (--synthetic), --data, or the ISBI sample."""
     from synthgen.data import find_pairs, image_channels
 
-    if args.gpu and not torch.cuda.is_available():
-        log("--gpu given but CUDA is not available here; running on CPU")
-        args.gpu = False
-    device = torch.cuda.get_device_name(0) if args.gpu else "cpu"
-
-    tmp = tempfile.TemporaryDirectory(prefix="bench_train_")
     if args.synthetic:
-        images, masks = write_synthetic_pairs(os.path.join(tmp.name, "data"))
+        images, masks = write_synthetic_pairs(os.path.join(tmp_dir, "data"))
     else:
         root = args.data or SAMPLE_TRAIN
         images, masks = os.path.join(root, "images"), os.path.join(root, "masks")
     pairs = find_pairs(images, masks, min_pairs=1)
     channels = image_channels(pairs)
     log(f"data: {len(pairs)} pairs from {os.path.dirname(os.path.abspath(images))}, {channels} channel(s)")
+    return pairs, channels
 
-    cpus = args.cpus or os.cpu_count()
-    ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    log(f"ray {ray.__version__} up with {cpus} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs; device {device}")
 
+def run_grid(args, pairs, channels: int, storage: str, deadline: float | None = None) -> tuple[list[dict], set]:
+    """run_config for every --models x --sizes x --batches x --workers x --variants combination, in
+    that order, with Ray already started. Returns (rows, torch thread counts the workers reported).
+    Configurations not started by `deadline` (time.time()) are listed with an "error" instead."""
     grid = [(m, s, b, w, v) for m in args.models for s in args.sizes for b in args.batches for w in args.workers
             for v in args.variants]
     results, threads = [], set()
     for i, (model, size, batch, workers, variant) in enumerate(grid, 1):
         steps = args.steps or default_steps(size)
         t0 = time.time()
+        if deadline is not None and t0 > deadline:
+            results.append({**empty_row(model, size, batch, workers, variant), "error": "skipped: time budget spent"})
+            log(f"[{i}/{len(grid)}] {model} {size}px {variant}: skipped, time budget spent")
+            continue
         log(f"[{i}/{len(grid)}] {model} {size}px batch {batch} x {workers} worker(s) {variant}: "
             f"{args.warmup} warm-up + {steps} timed steps ...")
-        row = run_config(args, model, size, batch, workers, steps, pairs, channels, tmp.name, i, variant)
+        row = run_config(args, model, size, batch, workers, steps, pairs, channels, storage, i, variant)
         if "_threads" in row:
             threads.add(row.pop("_threads"))
         results.append(row)
@@ -305,6 +308,30 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log(f"[{i}/{len(grid)}]   {row['s_per_step']:.3f} s/step, {row['images_per_s']:.2f} img/s, "
                 f"peak RSS {row['peak_mem_mb']:.0f} MB  ({time.time() - t0:.0f}s incl. start-up)")
+    return results, threads
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    json_out = reserve_stdout()
+    started = time.time()
+
+    import ray
+    import torch
+
+    if args.gpu and not torch.cuda.is_available():
+        log("--gpu given but CUDA is not available here; running on CPU")
+        args.gpu = False
+    device = torch.cuda.get_device_name(0) if args.gpu else "cpu"
+
+    tmp = tempfile.TemporaryDirectory(prefix="bench_train_")
+    pairs, channels = load_pairs(args, tmp.name)
+
+    cpus = args.cpus or os.cpu_count()
+    ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    log(f"ray {ray.__version__} up with {cpus} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs; device {device}")
+
+    results, threads = run_grid(args, pairs, channels, tmp.name)
 
     ray.shutdown()
     tmp.cleanup()

@@ -27,3 +27,20 @@ def csv_list(kind):
             raise argparse.ArgumentTypeError("empty list")
         return values
     return parse
+
+
+def reserve_stdout():
+    """A file on the real stdout for the one JSON line; file descriptor 1 itself then points at stderr.
+
+    Ray, Ray Train and Ray Data print to stdout (also from C++ and child processes, hence the file
+    descriptor and not just sys.stdout), which would break `> result.json`."""
+    sys.stdout.flush()
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    return out
+
+
+def error_text(e: BaseException) -> str:
+    """'Type: last line of the message', at most 500 characters: what a result row's "error" holds."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[-1] if text else ''}"[:500]

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from synthgen.config import Config, ConfigError
-from synthgen.models import build_from_config
+from synthgen.models import build_from_config, network_kind
 
 FORMAT_VERSION = 1
 
@@ -121,7 +121,7 @@ def load_checkpoint(directory: str, device: str | torch.device = "cpu",
     for name, net_config in _read_json(os.path.join(directory, "nets.json")).items():
         path = os.path.join(directory, f"{name}.safetensors")
         try:
-            net = build_from_config(name, net_config)
+            net = build_from_config(network_kind(name, cfg), net_config)
             net.load_state_dict(load_file(path))
         except FileNotFoundError:
             raise CheckpointError(f"{path}: missing weights file") from None

@@ -7,7 +7,12 @@
     synthgen submit generate --config gen.yaml --storage s3://bucket/synth --address http://HEAD:8265
 
 Every flag overrides the matching key of `--config run.yaml`, which overrides the defaults in
-`synthgen/config.py`. `--dry-run` prints the resolved config and exits.
+`synthgen/config.py`. `--dry-run` prints the resolved config and exits; a run saves it as config.yaml.
+
+A run prints a header, one progress display per phase and a summary; Ray's own output goes to the
+run's logs/ folder (synthgen/ray_session.py) unless `--verbose`. Errors are one paragraph: known
+ones (bad data, config, checkpoint, output) exit 2, anything unexpected exits 1 with its traceback
+saved beside the logs.
 """
 from __future__ import annotations
 
@@ -17,7 +22,10 @@ import functools
 import inspect
 import os
 import sys
+import tempfile
+import traceback
 from importlib import resources
+from typing import Callable
 
 from synthgen.config import Config, ConfigError
 
@@ -31,8 +39,8 @@ TRAIN_FLAGS = {
     "--checkpoint-every": "train.checkpoint_every", "--keep-checkpoints": "train.keep_checkpoints",
     "--cpus-per-worker": "train.cpus_per_worker", "--gan-mode": "pix2pix.gan_mode", "--ngf": "pix2pix.ngf",
     "--repeats": "data.repeats", "--val-pairs": "data.val_pairs", "--generator": "pix2pix.generator",
-    "--resolutions": "train.resolutions", "--stage-epochs": "train.stage_epochs",
-    "--fade-in-epochs": "train.fade_in_epochs",
+    "--discriminator": "pix2pix.discriminator", "--resolutions": "train.resolutions",
+    "--stage-epochs": "train.stage_epochs", "--fade-in-epochs": "train.fade_in_epochs",
 }
 TRAIN_SWITCHES = {"--gpu": "train.gpu", "--invert-mask": "data.invert_mask", "--resume": "train.resume",
                   "--grad-checkpoint": "train.grad_checkpoint", "--channels-last": "train.channels_last",
@@ -61,6 +69,7 @@ EVALUATE_FLAGS = {
     "--synthetic-weight": "evaluate.synthetic_weight", "--pretrain-steps": "evaluate.pretrain_steps",
     "--curve-every": "evaluate.curve_every", "--thresholds": "evaluate.thresholds",
     "--label-fidelity": "evaluate.label_fidelity", "--gen-set": "evaluate.gen_set",
+    "--variations": "evaluate.variations",
 }
 EVALUATE_SWITCHES = {"--invert-mask": "evaluate.invert_mask"}
 TUNE_FLAGS = {
@@ -107,6 +116,14 @@ def _add_flags(p: argparse.ArgumentParser, flags: dict[str, str], switches: dict
         p.add_argument(flag, dest=key, action="store_const", const=True, default=None, help=_field_doc(key))
     p.add_argument("--overwrite", action="store_true", help="replace an existing output in --out")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--address", default=None, help="Ray cluster to run on (HOST:PORT or ray://HOST:PORT) "
+                   "[default: $RAY_ADDRESS, else a private local Ray for this run alone]")
+    _add_verbose(p)
+
+
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show Ray's own output live (by default it goes to the run's logs/ folder)")
 
 
 def _parse_actors(text: str) -> tuple[int, int]:
@@ -143,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub_job.add_argument("--working-dir", default=".", help="uploaded with the job [default: .]")
     sub_job.add_argument("--overwrite", action="store_true", help="replace an existing output")
     sub_job.add_argument("--no-wait", action="store_true", help="return once submitted")
+    _add_verbose(sub_job)
     demo = sub.add_parser("demo", help="train + generate on the shipped ISBI 2012 sample (~5 min on 2 CPUs)")
     _add_flags(demo, TRAIN_FLAGS, TRAIN_SWITCHES)
     return parser
@@ -175,49 +193,96 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+LOG_DIR_KEYS = {"train": "train.out", "demo": "train.out", "generate": "generate.out", "evaluate": "evaluate.out",
+                "tune": "tune.out"}
+"""Whose output folder gets the run's logs/ (Ray's output and driver.log)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from synthgen import console, ray_session
+
+    console.configure(verbose=args.verbose)
+    ray_session.configure(address=None if args.command == "submit" else args.address, verbose=args.verbose)
+    if args.command == "submit":
+        from synthgen.jobs import submit
+
+        return _guarded(args, lambda: submit(args.job, args.config, args.storage, args.set, args.address,
+                                             args.working_dir, args.overwrite, wait=not args.no_wait,
+                                             verbose=args.verbose))
+    try:
+        cfg = resolve_config(args)
+    except ConfigError as e:
+        print(f"synthgen {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(cfg.to_yaml())
+        return 0
+    log_dir = os.path.join(os.path.abspath(cfg.get(LOG_DIR_KEYS[args.command])), "logs")
+    return _guarded(args, lambda: _execute(args, cfg), log_dir)
+
+
+def _guarded(args: argparse.Namespace, action: Callable[[], int], log_dir: str | None = None) -> int:
+    """Run `action`; whatever happens, Ray's logs end up in `log_dir` and a failure is one paragraph:
+    known errors (exit 2) say what to fix, anything else (exit 1) points at its saved traceback."""
+    from synthgen import console, ray_session
     from synthgen.checkpoint import CheckpointError
     from synthgen.data import DataError
     from synthgen.writers import OutputError
 
+    trace = None
     try:
-        if args.command == "submit":
-            from synthgen.jobs import submit
-
-            return submit(args.job, args.config, args.storage, args.set, args.address, args.working_dir,
-                          args.overwrite, wait=not args.no_wait)
-        cfg = resolve_config(args)
-        if args.dry_run:
-            print(cfg.to_yaml())
-            return 0
-        if args.command in ("train", "demo"):
-            from synthgen.train import TrainError, fit
-
-            try:
-                fit(cfg, overwrite=args.overwrite or args.command == "demo")
-            except TrainError as e:
-                raise ConfigError(str(e)) from None
-        if args.command in ("generate", "demo"):
-            from synthgen.generate import generate
-
-            generate(cfg, overwrite=args.overwrite or args.command == "demo")
-        if args.command == "evaluate":
-            from synthgen.evaluate import run_evaluation
-
-            run_evaluation(cfg)
-        if args.command == "tune":
-            from synthgen.search import run_search
-
-            run_search(cfg, overwrite=args.overwrite)
+        rc = action()
     except (ConfigError, DataError, CheckpointError, OutputError) as e:
         print(f"synthgen {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        rc = 2
     except KeyboardInterrupt:
         resume = " (run the same command with --resume to continue)" if args.command in ("train", "tune") else ""
         print(f"synthgen {args.command}: interrupted; completed checkpoints are kept{resume}, no partial "
               "dataset is left behind", file=sys.stderr)
-        return 130
+        rc = 130
+    except Exception as e:  # noqa: BLE001 - a bug or an environment problem: one paragraph, not a traceback
+        if args.verbose:
+            raise
+        rc, trace = 1, (f"{type(e).__name__}: {console.last_line(e)}", traceback.format_exc())
+    finally:
+        logs = ray_session.close(log_dir)
+    if trace is not None:
+        if logs and os.path.isdir(logs):
+            path = os.path.join(logs, "error.log")
+        else:
+            fd, path = tempfile.mkstemp(prefix="synthgen-error-", suffix=".log")
+            os.close(fd)
+        with open(path, "w") as f:
+            f.write(trace[1])
+        print(f"synthgen {args.command}: error: {trace[0]}\nThis is unexpected (a bug, or a problem with "
+              f"Ray or the machine); the traceback is in {path}", file=sys.stderr)
+    if logs:
+        console.line(ray_session.describe_logs(logs))
+    return rc
+
+
+def _execute(args: argparse.Namespace, cfg: Config) -> int:
+    """train / generate / evaluate / tune / demo with a resolved config."""
+    if args.command in ("train", "demo"):
+        from synthgen.train import TrainError, fit
+
+        try:
+            fit(cfg, overwrite=args.overwrite or args.command == "demo")
+        except TrainError as e:
+            raise ConfigError(str(e)) from None
+    if args.command in ("generate", "demo"):
+        from synthgen.generate import generate
+
+        generate(cfg, overwrite=args.overwrite or args.command == "demo")
+    if args.command == "evaluate":
+        from synthgen.evaluate import run_evaluation
+
+        run_evaluation(cfg)
+    if args.command == "tune":
+        from synthgen.search import run_search
+
+        run_search(cfg, overwrite=args.overwrite)
     return 0
 
 

@@ -55,7 +55,17 @@ class Pix2PixConfig:
     ngf: int = 64
     """Generator width: channels of the first U-Net layer (doubling per level, capped at 8*ngf)."""
     ndf: int = 64
-    """Discriminator width: channels of the first PatchGAN layer."""
+    """Discriminator width: channels of the first PatchGAN (or OASIS encoder) layer."""
+    discriminator: str = "patch"
+    """Discriminator network by name: 'patch' (the pix2pix 70x70 PatchGAN on cat([mask, image]), one
+    real/fake logit per patch, trained with pix2pix.gan_mode) or 'oasis' (OASIS, Schonfeld et al.
+    2021: a U-Net on the image alone that labels every pixel as one of the mask's classes or 'fake',
+    trained with class-balanced cross-entropy plus LabelMix; pix2pix.gan_mode is then unused). OASIS
+    trains without an L1 term; pix2pix.lambda_l1 still applies, so lower it yourself to get closer."""
+    lambda_labelmix: float = 10.0
+    """Weight of the LabelMix consistency loss (OASIS default 10), used only with discriminator
+    'oasis': D's logits for an image mixed from the real and the generated one by mask class must
+    equal the same mix of its logits for the two; 0 disables it (and its extra D forward)."""
     gan_mode: str = "lsgan"
     """GAN loss: 'vanilla' (BCE, the reference pix2pix), 'lsgan' (least squares) or 'hinge'. lsgan is
     the default: on the ISBI sample (128 px, 300 steps) vanilla and hinge produced periodic stripe
@@ -360,6 +370,11 @@ class EvaluateConfig:
     "pix2pix.noise_channels=4,pix2pix.lambda_texture=50" (any section; applied after the keys above)."""
     num_variations: int = 8
     """Candidates per 128 px source tile in the generated sets."""
+    variations: str = ""
+    """Variation kinds of the generated sets (as generate.variations); '' = per model, pix2pix
+    'noise,elastic,morph,flip', vae/hybrid 'latent,elastic,morph,flip'. Their parameters come from this
+    config's `variations` section, e.g. the mild-geometry recipe "affine,elastic,flip" with
+    variations.affine_degrees=15, variations.affine_scale=0.2 (README, downstream)."""
     threshold: str = "0.5"
     """Generation acceptance threshold used for the synthetic sets, as generate.threshold: a number or
     'real:F' (then relative to the k real pairs of each condition)."""
@@ -512,6 +527,9 @@ class Config:
             (t.precision != "fp16" or t.gpu, "train.precision fp16 needs --gpu (use bf16 on CPU)"),
             (t.checkpoint_every >= 1 and t.keep_checkpoints >= 1, "checkpoint_every and keep_checkpoints must be >= 1"),
             (p.gan_mode in ("vanilla", "lsgan", "hinge"), "pix2pix.gan_mode must be vanilla, lsgan or hinge"),
+            (p.discriminator in ("patch", "oasis"),
+             f"pix2pix.discriminator must be patch or oasis, got {p.discriminator!r}"),
+            (p.lambda_labelmix >= 0, "pix2pix.lambda_labelmix must be >= 0"),
             (p.generator in ("unet", "attention_unet") and self.evaluate.gen_generator in ("unet", "attention_unet"),
              "pix2pix.generator and evaluate.gen_generator must be unet or attention_unet"),
             (p.upsample in ("resize", "bilinear", "transpose"), "pix2pix.upsample must be resize, bilinear or transpose"),
@@ -563,6 +581,8 @@ class Config:
             (g.num_variations >= 1, "generate.num_variations must be >= 1"),
             (bool(split_list(g.variations)) and all(k in kinds for k in split_list(g.variations)),
              "generate.variations is a comma list of " + ", ".join(kinds)),
+            (all(k in kinds for k in split_list(self.evaluate.variations)),
+             "evaluate.variations is '' or a comma list of " + ", ".join(kinds)),
             (1 <= g.actors_min <= g.actors_max, "need 1 <= generate.actors_min <= generate.actors_max"),
             (g.batch_size >= 1 and g.shard_rows >= 1, "generate.batch_size and shard_rows must be >= 1"),
             (g.cpus_per_actor > 0, "generate.cpus_per_actor must be > 0"),

@@ -18,6 +18,7 @@ results.png, results_curves.png.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -27,11 +28,14 @@ import time
 import numpy as np
 import ray
 
+from synthgen import console, ray_session
 from synthgen.config import Config, ConfigError, split_list
 from synthgen.data import DataError, Pair, find_pairs
 
 REAL_CONDITIONS = ("real", "classic")
 GENERATED_CONDITIONS = ("pix2pix", "vae", "hybrid")
+DEFAULT_VARIATIONS = {"pix2pix": "noise,elastic,morph,flip", "vae": "latent,elastic,morph,flip"}
+"""Variation kinds of the generated sets when evaluate.variations is '' (vae also serves hybrid)."""
 
 
 def _file_hash(path: str) -> str:
@@ -175,27 +179,56 @@ def _synthetic_sets(cfg: Config, ks: list[int], real: list[Pair], conditions: li
     e = cfg.evaluate
     models = sorted({m for c in conditions if c in GENERATED_CONDITIONS for m in (["pix2pix", "vae"] if c == "hybrid" else [c])})
     pairs_dirs = {k: subset_pairs(real[:k], os.path.join(e.out, f"k{k}", "real_pairs")) for k in ks}
-    jobs = {(m, k): train_generator_task.remote(
+    keys = [(m, k) for k in ks for m in models]
+    refs = [train_generator_task.remote(
                 _generator_config(cfg, m, k, pairs_dirs[k], os.path.join(e.out, f"k{k}", m)).to_dict())
-            for k in ks for m in models}
-    checkpoints = dict(zip(jobs, ray.get(list(jobs.values()))))
-    thresholds = parse_thresholds(e.thresholds)
-    weights = Config().generate.weights + (f",label_fidelity={e.label_fidelity}" if e.label_fidelity else "")
+            for m, k in keys]
+    checkpoints = dict(zip(keys, gather(refs, "generators", "model", lambda i, _: f"{keys[i][0]} k={keys[i][1]}")))
+    todo = [(c, k) for k in ks for c in conditions if c in GENERATED_CONDITIONS]
     sets = {}
-    for k in ks:
-        for c in (c for c in conditions if c in GENERATED_CONDITIONS):
-            g = Config()
-            g.generate.checkpoint = checkpoints[("pix2pix" if c == "hybrid" else c, k)]
-            g.generate.vae_checkpoint = checkpoints[("vae", k)] if c == "hybrid" else ""
-            g.generate.model = c
-            g.generate.variations = "latent,elastic,morph,flip" if c != "pix2pix" else "noise,elastic,morph,flip"
-            # With a threshold ablation, keep every candidate (scores are >= -1): each condition re-filters.
-            g.generate.num_variations, g.generate.threshold = e.num_variations, -1.0 if thresholds else e.threshold
-            g.generate.weights, g.generate.segmenter = weights, "auto" if e.label_fidelity else ""
-            g.generate.out, g.generate.png = os.path.join(e.out, f"k{k}", f"synthetic_{c}"), False
-            g.generate.actors_max = 1
-            sets[(c, k)] = generate(g, overwrite=True).out
+    with console.progress("generation", len(todo), "set") as bar:
+        for c, k in todo:
+            vae = checkpoints[("vae", k)] if c == "hybrid" else ""
+            g = _generation_config(cfg, c, checkpoints[("pix2pix" if c == "hybrid" else c, k)], vae,
+                                   os.path.join(e.out, f"k{k}", f"synthetic_{c}"))
+            with console.muted():  # one line per set here, not each generation's header and summary
+                result = generate(g, overwrite=True)
+            sets[(c, k)] = result.out
+            bar.update(1, f"{c} k={k}: {result.accepted}/{result.generated} accepted")
     return sets
+
+
+def gather(refs: list, label: str, unit: str, describe) -> list:
+    """ray.get of `refs` in their order, with a progress display advanced as each one finishes;
+    describe(index, result) is the status shown after it."""
+    index = {ref: i for i, ref in enumerate(refs)}
+    results: dict[int, object] = {}
+    pending = list(refs)
+    with console.progress(label, len(refs), unit) as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            i = index[done[0]]
+            results[i] = ray.get(done[0])
+            bar.update(1, describe(i, results[i]))
+    return [results[i] for i in range(len(refs))]
+
+
+def _generation_config(cfg: Config, condition: str, checkpoint: str, vae_checkpoint: str, out: str) -> Config:
+    """The `synthgen generate` config of one synthetic set: evaluate's variation kinds, count, threshold
+    and score weights, with the evaluation config's own `variations` section (so --set
+    variations.affine_degrees=15 reaches the generated sets)."""
+    e = cfg.evaluate
+    g = Config()
+    g.variations = copy.deepcopy(cfg.variations)
+    g.generate.checkpoint, g.generate.vae_checkpoint, g.generate.model = checkpoint, vae_checkpoint, condition
+    g.generate.variations = e.variations or DEFAULT_VARIATIONS["pix2pix" if condition == "pix2pix" else "vae"]
+    # With a threshold ablation, keep every candidate (scores are >= -1): each condition re-filters.
+    g.generate.num_variations = e.num_variations
+    g.generate.threshold = -1.0 if parse_thresholds(e.thresholds) else e.threshold
+    g.generate.weights = Config().generate.weights + (f",label_fidelity={e.label_fidelity}" if e.label_fidelity else "")
+    g.generate.segmenter = "auto" if e.label_fidelity else ""
+    g.generate.out, g.generate.png, g.generate.actors_max = out, False, 1
+    return g
 
 
 def summarise(trials: list[dict]) -> dict:
@@ -305,11 +338,12 @@ def run_evaluation(cfg: Config) -> dict:
     if unknown or e.seeds < 1:
         raise ConfigError(f"evaluate: unknown condition(s) {sorted(unknown)} or seeds < 1")
     os.makedirs(e.out, exist_ok=True)
-    cfg.save(e.out)
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, configure_logging=False)
-    print(f"synthgen evaluate: k={ks}, {e.seeds} seeds, conditions {conditions}"
-          f"{' + all_real' if e.all_real else ''}; {len(test)} test pairs", flush=True)
+    config_path = cfg.save(e.out)
+    console.line(f"synthgen evaluate: k={ks}, {e.seeds} seed(s), conditions {conditions}"
+                 f"{' + all_real' if e.all_real else ''}; {len(real)} real pairs from "
+                 f"{os.path.abspath(e.real_images)}, {len(test)} test pairs -> {os.path.abspath(e.out)}")
+    console.line(f"config     {config_path}")
+    ray_session.ensure()
     sets = _synthetic_sets(cfg, ks, real, conditions)
     if e.synthetic:
         conditions.append("given")
@@ -327,12 +361,8 @@ def run_evaluation(cfg: Config) -> dict:
     if e.all_real:
         futures += [segmenter_trial_task.remote("all_real", len(real), s, all_items, test_items, None,
                                                 edict) for s in range(e.seeds)]
-    trials = []
-    for i, ref in enumerate(futures):
-        trials.append(ray.get(ref))
-        t = trials[-1]
-        print(f"[{i + 1}/{len(futures)}] {t['condition']:<9} k={t['k']:<3} seed={t['seed']}  "
-              f"dice {t['dice']:.4f}  iou {t['iou']:.4f}  ({t['seconds']:.0f}s)", flush=True)
+    trials = gather(futures, "segmenters", "trial",
+                    lambda _, t: f"last: {t['condition']} k={t['k']} seed={t['seed']} dice {t['dice']:.4f}")
     summary = summarise(trials)
     realism = set_realism(sets)
     curves = curve_summary(trials, e.seg_steps)
@@ -350,6 +380,6 @@ def run_evaluation(cfg: Config) -> dict:
     with open(os.path.join(e.out, "results.md"), "w") as f:
         f.write(table + "\n")
     plots.plot_downstream(summary, ks, os.path.join(e.out, "results.png"))
-    print("\n" + table + f"\n\nresults: {e.out}/results.json, results.md, results.png "
-          f"({result['seconds']:.0f}s)", flush=True)
+    console.line("\n" + table + f"\n\nresults: {e.out}/results.json, results.md, results.png "
+                 f"({result['seconds']:.0f}s)")
     return result

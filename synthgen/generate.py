@@ -6,7 +6,7 @@ Each stage is a `map_batches` over *groups*: one row per source mask holding all
 so the scorer can measure diversity among one mask's variations without a shuffle. The scorer
 explodes groups into one row per candidate; the driver streams them into `writers.DatasetWriter`.
 Rows keep their order (`preserve_order`) and every random draw is seeded from (seed, source,
-variation), so the same seed gives byte-identical data files. Only this module (and train.py) imports Ray.
+variation), so the same seed gives byte-identical data files. Ray starts in synthgen.ray_session.
 """
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import ray
 import torch
 
+from synthgen import console, ray_session
 from synthgen.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from synthgen.config import (Config, ConfigError, GenerateConfig, VariationConfig, parse_resources,
                              parse_threshold, split_list)
@@ -300,15 +302,26 @@ def build_pipeline(sources: list[Source], cfg: Config, checkpoints: dict[str, st
     actor_resources = {"num_gpus": 1} if g.gpu else {"num_cpus": g.cpus_per_actor}
     if g.actor_resources:
         actor_resources["resources"] = parse_resources(g.actor_resources)
-    ds = ds.map_batches(GeneratorActor, batch_size=g.batch_size,
-                        compute=ray.data.ActorPoolStrategy(min_size=g.actors_min, max_size=g.actors_max),
-                        fn_constructor_kwargs={"checkpoints": {k: ray.put(pack_dir(v)) for k, v in checkpoints.items()},
-                                               "gpu": g.gpu, "precision": g.precision,
-                                               "segmenter": ray.put(pack_dir(segmenter)) if segmenter else "",
-                                               "max_batch": g.max_batch, "channels_last": g.channels_last,
-                                               "compile": g.compile,
-                                               "score_weights": parse_weights(g.weights) if torch_scoring(g) else None},
-                        **actor_resources)
+    restarts = {}
+    if len([n for n in ray.nodes() if n["Alive"]]) == 1:
+        # Ray Data restarts a lost actor by default, which guards against losing a node; on one node
+        # there is none to fail over to, and Ray would print on every run that it cannot restart actors
+        # whose constructor arguments live in the object store reliably (ray-project/ray#53727). A
+        # failed generation leaves no partial dataset, and the same seed regenerates it exactly.
+        restarts["max_restarts"] = 0
+    with warnings.catch_warnings():
+        # Ray 2.60's map_batches has no named parameter for max_restarts; the generic remote-args
+        # path it goes through is deprecated (removal announced for Ray 2.64: revisit then).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ds = ds.map_batches(GeneratorActor, batch_size=g.batch_size,
+                            compute=ray.data.ActorPoolStrategy(min_size=g.actors_min, max_size=g.actors_max),
+                            fn_constructor_kwargs={
+                                "checkpoints": {k: ray.put(pack_dir(v)) for k, v in checkpoints.items()},
+                                "gpu": g.gpu, "precision": g.precision,
+                                "segmenter": ray.put(pack_dir(segmenter)) if segmenter else "",
+                                "max_batch": g.max_batch, "channels_last": g.channels_last, "compile": g.compile,
+                                "score_weights": parse_weights(g.weights) if torch_scoring(g) else None},
+                            **actor_resources, **restarts)
     return ds.map_batches(score_groups, batch_size=g.batch_size, num_cpus=0.25,
                           fn_kwargs={"weights": parse_weights(g.weights), "threshold": threshold,
                                      "models": list(checkpoints)})
@@ -331,7 +344,7 @@ def fidelity_segmenter(g: GenerateConfig, sources: list[Source], out_tmp: str) -
     if not real:
         raise ConfigError("--segmenter auto needs sources with real images (the training pairs or --images)")
     size = sources[0].mask.shape[0]
-    print(f"training the label-fidelity segmenter on {len(real)} real tiles ({g.segmenter_steps} steps)", flush=True)
+    console.line(f"training the label-fidelity segmenter on {len(real)} real tiles ({g.segmenter_steps} steps)")
     model = fit_segmenter(real, size, g.segmenter_steps, seed=g.seed)
     return save_segmenter(model, os.path.join(out_tmp, "segmenter"))
 
@@ -417,21 +430,28 @@ def generate(cfg: Config, overwrite: bool = False) -> GenerateResult:
     if g.gpu and not torch.cuda.is_available():
         raise ConfigError("--gpu given but CUDA is not available on this machine")
     sources = load_sources(g, main.cfg, main.channels)
-    print(f"synthgen generate: {len(sources)} source masks x {g.num_variations} variations "
-          f"({g.variations}) with {'+'.join(checkpoints)} -> {os.path.abspath(g.out)}", flush=True)
+    console.line(f"synthgen generate: {len(sources)} source masks x {g.num_variations} variations "
+                 f"({g.variations}) with {'+'.join(checkpoints)} from {os.path.abspath(g.checkpoint)} "
+                 f"-> {os.path.abspath(g.out)}")
     writer = DatasetWriter(g.out, overwrite, g.png, g.keep_rejected, g.shard_rows,
                            sample_size=g.realism_samples if g.realism else 0, sample_seed=g.seed)
     with writer:
-        if not ray.is_initialized():
-            ray.init(include_dashboard=False, configure_logging=False)
+        cfg.save(writer.tmp)  # lands in the dataset with it
+        ray_session.ensure()
         segmenter = fidelity_segmenter(g, sources, writer.tmp)
         threshold, reference = run_threshold(g, sources, weights, segmenter)
         if reference is not None:
-            print(f"threshold {g.threshold}: {threshold:.4f} (real reference score {reference:.4f})", flush=True)
+            console.line(f"threshold {g.threshold}: {threshold:.4f} (real reference score {reference:.4f})")
         ds = build_pipeline(sources, cfg, checkpoints, main.channels, segmenter, threshold)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            writer.add(batch)
+        with console.progress("generating", len(sources) * g.num_variations, "candidate") as bar:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                writer.add(batch)
+                bar.update(len(batch["id"]), f"accepted {writer.accepted}  rejected "
+                                             f"{writer.generated - writer.accepted}  {bar.rate():.1f}/s")
         seconds = time.time() - t0
+        if writer.accepted == 0:
+            console.warn(f"no candidate passed the threshold ({threshold:.4f}): the dataset is empty; lower "
+                         "--threshold (README, \"Quality scores\")")
         plots.plot_quality_metrics(writer.quality_report(threshold), os.path.join(writer.tmp, "quality.png"))
         realism = measure_realism(sources, writer.sample, g)
         if "_images" in realism:
@@ -456,5 +476,5 @@ def generate(cfg: Config, overwrite: bool = False) -> GenerateResult:
         }
         out = writer.finish(manifest)
     result = GenerateResult(out, writer.generated, writer.accepted, writer.rejected_by_reason, seconds)
-    print(plots.generate_summary_text(result, manifest), flush=True)
+    console.line(plots.generate_summary_text(result, manifest))
     return result

@@ -38,6 +38,7 @@ def job_parser(kind: str) -> argparse.ArgumentParser:
                    help="override one config key, e.g. --set train.epochs=50 (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--address", default="auto", help="Ray cluster address [default: auto]")
+    p.add_argument("-v", "--verbose", action="store_true", help="show Ray's own output in the job log")
     return p
 
 
@@ -68,6 +69,7 @@ def run_job(kind: str, argv: list[str] | None = None) -> int:
     """Entry point of jobs/<kind>.py; returns the process exit code (2 for bad input)."""
     import ray
 
+    from synthgen import console, ray_session
     from synthgen.checkpoint import CheckpointError
     from synthgen.data import DataError
     from synthgen.writers import OutputError
@@ -76,19 +78,26 @@ def run_job(kind: str, argv: list[str] | None = None) -> int:
     try:
         overrides = parse_sets(args.set)
         cfg = Config.from_yaml(args.config, overrides)
-        ray.init(address=args.address, configure_logging=False)
+        console.configure(verbose=args.verbose)
+        ray_session.configure(address=args.address, verbose=args.verbose)
+        ray_session.ensure()
         resources = ray.cluster_resources()
         nodes = [n for n in ray.nodes() if n["Alive"]]
-        print(f"synthgen job {kind}: {len(nodes)} node(s), {resources.get('CPU', 0):g} CPUs, "
-              f"{resources.get('GPU', 0):g} GPUs", flush=True)
+        console.line(f"synthgen job {kind}: {len(nodes)} node(s), {resources.get('CPU', 0):g} CPUs, "
+                     f"{resources.get('GPU', 0):g} GPUs")
         use_cluster_gpus(cfg, kind, overrides, resources)
         dest = args.storage or cfg.get(OUT_KEYS[kind])
         staging = _stage(cfg, kind, dest)
-        _run(cfg, kind, args.overwrite)
+        try:
+            _run(cfg, kind, args.overwrite)
+        finally:  # the driver's Ray log travels with the outputs
+            logs = ray_session.close(os.path.join(os.path.abspath(cfg.get(OUT_KEYS[kind])), "logs"))
         if staging:
             storage.upload_dir(cfg.get(OUT_KEYS[kind]), dest, overwrite=args.overwrite,
                                merge=kind == "train")  # train: beside the checkpoints already there
-            print(f"synthgen job {kind}: outputs uploaded to {dest}", flush=True)
+            console.line(f"synthgen job {kind}: outputs uploaded to {dest}")
+        elif logs:
+            console.line(ray_session.describe_logs(logs))
     except (ConfigError, DataError, CheckpointError, OutputError, storage.StorageError) as e:
         print(f"synthgen job {kind}: error: {e}", file=sys.stderr)
         return 2
@@ -131,9 +140,9 @@ SUBMIT_EXCLUDES = [".git/", "runs/", "**/__pycache__/", "*.egg-info/", ".pytest_
 
 def submit(kind: str, config: str, storage_path: str = "", sets: list[str] | None = None,
            address: str = "http://127.0.0.1:8265", working_dir: str = ".", overwrite: bool = False,
-           wait: bool = True) -> int:
-    """Submit jobs/<kind>.py through the Ray Jobs API; with `wait`, stream its logs and return 0 only
-    if it succeeded. The config file travels inside the working directory, so it must lie within it;
+           wait: bool = True, verbose: bool = False) -> int:
+    """Submit jobs/<kind>.py through the Ray Jobs API; with `wait`, stream its logs (the job's synthgen
+    lines, and Ray's own output only with `verbose`) and return 0 only if it succeeded. The config file travels inside the working directory, so it must lie within it;
     data paths in it are read on the cluster (relative ones inside the uploaded working directory)."""
     import asyncio
     import shlex
@@ -155,6 +164,7 @@ def submit(kind: str, config: str, storage_path: str = "", sets: list[str] | Non
     entry = ["python", f"jobs/{kind}.py", "--config", os.path.relpath(cfg_path, wd)]
     entry += (["--storage", storage_path] if storage_path else []) + [a for s in sets for a in ("--set", s)]
     entry += ["--overwrite"] if overwrite else []
+    entry += ["--verbose"] if verbose else []
     try:
         client = JobSubmissionClient(address)
     except (ConnectionError, RuntimeError, ValueError) as e:

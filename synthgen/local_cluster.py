@@ -42,7 +42,7 @@ class LocalCluster:
         self.port, self.dashboard_port = free_port(), free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
-        # RAY_DEDUP_LOGS=0: every worker's lines reach the job log, so repeated epochs can be counted.
+        # RAY_DEDUP_LOGS=0: with --verbose, every worker's lines reach the job log undeduplicated.
         self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": self.address,
                     "RAY_API_SERVER_ADDRESS": self.dashboard_url, "RAY_DEDUP_LOGS": "0"}
         self.processes: list[subprocess.Popen] = []

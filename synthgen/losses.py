@@ -3,6 +3,9 @@
     from synthgen.losses import discriminator_loss, generator_adversarial_loss, l1_loss
     d_loss = discriminator_loss(d(real_pair), d(fake_pair.detach()), "vanilla")
     g_loss = generator_adversarial_loss(d(fake_pair), "vanilla") + 100 * l1_loss(fake, real)
+    # OASIS discriminator (N+1 classes per pixel), label = mask_to_label(mask):
+    d_loss = oasis_discriminator_loss(d(real), d(fake.detach()), label)
+    g_loss = oasis_generator_loss(d(fake), label)
 
 GAN modes: 'vanilla' (binary cross-entropy on logits, pix2pix), 'lsgan' (least squares, Mao et al.
 2017) and 'hinge' (Lim & Ye 2017; BigGAN, SAGAN). All take raw logits, never sigmoid outputs.
@@ -142,3 +145,79 @@ def texture_loss(fake: torch.Tensor, real: torch.Tensor, mask: torch.Tensor, see
     terms = [l1_loss(gf, gr.detach()) for gf, gr in zip(_region_grams(fake, mask, filters),
                                                        _region_grams(real, mask, filters))]
     return torch.stack(terms).sum()
+
+
+# OASIS (Schonfeld et al. 2021): the discriminator is an (N+1)-class per-pixel segmenter, class 0 =
+# 'fake', class c + 1 = mask class c. Labels are (B, H, W) integer class maps (see mask_to_label).
+
+def mask_to_label(mask: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) mask of class ids (float, e.g. binary {0, 1}) -> (B, H, W) int64 class map.
+
+    Rounds, so the fractional masks that progressive training's area downsampling produces take the
+    majority class of each pixel."""
+    return mask.detach().round().long().squeeze(1)
+
+
+def class_balance_weights(label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(num_classes,) OASIS class weights for a (B, H, W) label batch: numel / (K * count_c), with K
+    the number of classes present in the batch (as in OASIS's code), and 0 for absent classes.
+
+    The pixel-weighted mean of the weights is then 1, so a balanced loss keeps the scale of a plain
+    mean while a thin class (membranes) counts as much as a large one."""
+    counts = torch.bincount(label.flatten(), minlength=num_classes).float()
+    if counts.numel() > num_classes:
+        raise ValueError(f"label holds class {counts.numel() - 1}, but there are only {num_classes} classes")
+    present = (counts > 0).sum()
+    return torch.where(counts > 0, label.numel() / (present * counts.clamp_min(1.0)), torch.zeros_like(counts))
+
+
+def balanced_cross_entropy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Per-pixel cross-entropy of (B, N+1, H, W) logits towards class label + 1 (the 'real, class c'
+    outputs), each pixel weighted by class_balance_weights of its class; mean over pixels."""
+    weights = class_balance_weights(label, logits.shape[1] - 1)[label]
+    return (F.cross_entropy(logits.float(), label + 1, reduction="none") * weights).mean()
+
+
+def oasis_discriminator_loss_terms(real_logits: torch.Tensor, fake_logits: torch.Tensor,
+                                   label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(real_term, fake_term): balanced CE of the real image's logits towards its label, and plain CE
+    of the generated image's logits towards 'fake' (class 0), both per-pixel means."""
+    fake_target = torch.zeros(fake_logits.shape[:1] + fake_logits.shape[2:], dtype=torch.long,
+                              device=fake_logits.device)
+    return balanced_cross_entropy(real_logits, label), F.cross_entropy(fake_logits.float(), fake_target)
+
+
+def oasis_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """OASIS discriminator loss: real_term + fake_term (not halved, as in the paper)."""
+    real, fake = oasis_discriminator_loss_terms(real_logits, fake_logits, label)
+    return real + fake
+
+
+def oasis_generator_loss(fake_logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """OASIS generator loss: balanced CE of the generated image's logits towards the mask it was
+    rendered from, i.e. every pixel must look real *and* of its mask class."""
+    return balanced_cross_entropy(fake_logits, label)
+
+
+def labelmix(real: torch.Tensor, fake: torch.Tensor, label: torch.Tensor,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """LabelMix (OASIS): (mixed image, mix map (B, 1, H, W) in {0, 1}); mixed = real where the map is 1,
+    fake where it is 0. Every class of the label is taken whole from the real or from the fake image
+    (a coin flip from `generator`, global RNG if None), so the seams between the two are class edges.
+
+    OASIS flips one coin per class for the whole batch; this flips one per class per image: with binary
+    masks, one coin pair per batch leaves the whole batch unmixed (all real or all fake, where the
+    consistency loss is exactly 0) half the time, one pair per image only for 1 batch in 2**B."""
+    num_classes = int(label.max()) + 1
+    coins = torch.randint(0, 2, (label.shape[0], num_classes), generator=generator).to(label.device)
+    mix = coins.gather(1, label.flatten(1)).view_as(label).unsqueeze(1).to(real.dtype)
+    return mix * real + (1 - mix) * fake, mix
+
+
+def labelmix_loss(mixed_logits: torch.Tensor, real_logits: torch.Tensor, fake_logits: torch.Tensor,
+                  mix: torch.Tensor) -> torch.Tensor:
+    """OASIS's LabelMix consistency: MSE between D's logits for the mixed image and the same mix of its
+    logits for the real and the fake one. OASIS uses it to make D's per-pixel verdict depend on the
+    content and structure at that pixel rather than on the rest of the image."""
+    target = mix * real_logits.float() + (1 - mix) * fake_logits.float()
+    return F.mse_loss(mixed_logits.float(), target)

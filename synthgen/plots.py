@@ -134,7 +134,8 @@ def generate_summary_text(result, manifest: dict) -> str:
         lines.append(f"realism ({realism['synthetic']} vs {realism['real']} real): {format_realism(realism['figures'])}")
     elif realism:
         lines.append(f"realism: not measured ({realism['reason']})")
-    lines += ["-" * 64, f"dataset    {result.out}", f"quality    {os.path.join(result.out, 'quality.png')}"]
+    lines += ["-" * 64, f"dataset    {result.out}", f"quality    {os.path.join(result.out, 'quality.png')}",
+              f"config     {os.path.join(result.out, 'config.yaml')}"]
     if realism.get("figures"):
         lines.append(f"realism    {os.path.join(result.out, 'realism.png')}")
     lines.append("=" * 64)

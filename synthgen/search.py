@@ -11,7 +11,7 @@ its objective (synthgen/objectives.py) after every epoch, so ASHA can stop it ea
 - more than 1: the trial is a Ray Train driver that runs a `TorchTrainer` with that many workers and
   forwards its reports to Tune (Ray's documented Train-in-Tune pattern). When ASHA stops such a
   trial, Ray Train frees its workers' placement group through Ray's state API, which needs the
-  dashboard; `synthgen tune` starts Ray with one in that case.
+  dashboard; the Ray that synthgen starts has one (synthgen/ray_session.py).
 
 The first trial is the base configuration (the defaults plus --config and flags) whenever it lies
 inside the search space, so every search measures its best trial against the untuned setting.
@@ -23,14 +23,18 @@ interrupted search with `Tuner.restore`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
-from synthgen import storage
+from ray import tune
+
+from synthgen import console, ray_session, storage
 from synthgen.config import Config
 from synthgen.data import Pair, find_pairs, image_channels, split_pairs
 from synthgen.search_space import (Param, SearchError, apply_params, base_point, effective_space, objective_mode,
@@ -42,7 +46,6 @@ TUNE_RUN_NAME = "tune"
 # ------------------------------------------------------------------ the trial (runs in a Tune actor)
 def _tune_report(metrics: dict, checkpoint_dir: str | None) -> None:
     import ray
-    from ray import tune
 
     metrics = {**metrics, "node": ray.get_runtime_context().get_node_id()[:12]}  # where the trial ran
     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
@@ -52,7 +55,6 @@ def run_trial(params: dict, loop: dict, root: str) -> None:
     """One trial: `loop` (train.loop_config of the base config, built once by the driver, with the
     pair files already in the object store) with `params` applied, trained while reporting the objective."""
     import torch
-    from ray import tune
 
     from synthgen.train import run_training, torch_trainer
 
@@ -116,7 +118,7 @@ def objective_spec(cfg: Config, data: SearchData, out: str) -> dict:
     if spec.name == "label_fidelity":
         spec.segmenter = os.path.join(out, "segmenter")
         if not os.path.isfile(os.path.join(spec.segmenter, "segmenter.json")):
-            print(f"training the label-fidelity segmenter on {len(real)} real pairs ({settings.steps} steps)")
+            console.line(f"training the label-fidelity segmenter on {len(real)} real pairs ({settings.steps} steps)")
             model = fit_segmenter(real, size, settings.steps, settings.batch_size, seed=cfg.train.seed,
                                   width=settings.width)
             save_segmenter(model, spec.segmenter + ".tmp")
@@ -127,7 +129,7 @@ def objective_spec(cfg: Config, data: SearchData, out: str) -> dict:
             with open(baseline) as f:
                 spec.baseline_dice = json.load(f)["dice"]
         else:
-            print(f"measuring the real-only segmenter baseline ({settings.steps} steps)")
+            console.line(f"measuring the real-only segmenter baseline ({settings.steps} steps)")
             spec.baseline_dice = segmenter_dice(real, load_full_items(spec.val_pairs, cfg, data.channels),
                                                 None, size, settings)
             with open(baseline, "w") as f:
@@ -171,11 +173,42 @@ def prepare_search_dir(cfg: Config, overwrite: bool) -> str:
     return out
 
 
+_progress: console.Progress | None = None
+"""The running search's progress display (module-level: Tune pickles its callbacks with the search)."""
+
+
+class TrialProgress(tune.Callback):
+    """Runs in this driver: advances `_progress` as trials end, showing the best objective so far."""
+
+    def __init__(self, metric: str, mode: str) -> None:
+        self.metric, self.mode, self.best = metric, mode, None
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        value = result.get(self.metric)
+        if value is not None and (self.best is None or
+                                  (value > self.best if self.mode == "max" else value < self.best)):
+            self.best = float(value)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._advance(trials, trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._advance(trials, trial)
+
+    def _advance(self, trials, ended) -> None:
+        if _progress is None:
+            return
+        running = sum(t.status == "RUNNING" and t is not ended for t in trials)
+        best = f"best {self.metric} {self.best:.4f}  " if self.best is not None else ""
+        _progress.update(1, f"{best}{running} running")
+
+
 def build_tuner(cfg: Config, params: list[Param], data: SearchData, spec: dict, out: str,
                 available: dict[str, float]):
-    from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
+
+    ray_session.route_logger("optuna")  # "A new study created ..." and the like go to driver.log
 
     s, metric_mode = cfg.tune, objective_mode(cfg)
     metric, mode = metric_mode
@@ -197,7 +230,9 @@ def build_tuner(cfg: Config, params: list[Param], data: SearchData, spec: dict, 
         tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=s.trials, scheduler=scheduler,
                                     search_alg=OptunaSearch(points_to_evaluate=start, seed=s.seed),
                                     max_concurrent_trials=max_concurrent(cfg, available)),
-        run_config=tune.RunConfig(name=TUNE_RUN_NAME, storage_path=out, verbose=1,
+        # verbose=0: no trial tables from Tune; synthgen shows one progress display (TrialProgress)
+        run_config=tune.RunConfig(name=TUNE_RUN_NAME, storage_path=out, verbose=int(console.is_verbose()),
+                                  callbacks=[TrialProgress(metric, mode)],
                                   failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
 
@@ -278,6 +313,17 @@ def write_best(cfg: Config, rows: list[dict], params: list[str], metric: str, ou
     return written
 
 
+@contextlib.contextmanager
+def _silent_tune() -> Iterator[None]:
+    """Tune's newer output engine prints an experiment header and result paths even at verbose=0;
+    its legacy engine prints nothing at 0. RAY_AIR_NEW_OUTPUT picks the engine when fit() starts."""
+    if console.is_verbose():
+        yield
+        return
+    with ray_session.env_var("RAY_AIR_NEW_OUTPUT", "0"):
+        yield
+
+
 def run_search(cfg: Config, overwrite: bool = False) -> SearchResult:
     """Validate, prepare the objective, run (or resume) the Tuner, write the tables, plot and best config."""
     import ray
@@ -300,14 +346,20 @@ def run_search(cfg: Config, overwrite: bool = False) -> SearchResult:
     if not cfg.tune.resume:
         out = prepare_search_dir(cfg, overwrite)
         cfg.save(out)
-    print(f"synthgen tune: {model}, {cfg.tune.trials} trials x {cfg.train.epochs} epochs, objective {metric} "
-          f"({mode}), {len(data.train)} train + {len(data.val)} validation pairs -> {out}\n"
-          + "search space:\n" + "\n".join(f"  {p.key}: {p}" for p in params), flush=True)
-    if not ray.is_initialized():
-        ray.init(include_dashboard=cfg.tune.workers_per_trial > 1, configure_logging=False)
+    console.line(f"synthgen tune: {model}, {cfg.tune.trials} trials x {cfg.train.epochs} epochs, objective "
+                 f"{metric} ({mode}), {len(data.train)} train + {len(data.val)} validation pairs from "
+                 f"{cfg.data.images} -> {out}")
+    console.line("search     " + "; ".join(f"{p.key} {p}" for p in params))
+    console.line(f"config     {os.path.join(out, 'config.yaml')}")
+    ray_session.ensure()
     spec = objective_spec(cfg, data, out)
     tuner = build_tuner(cfg, params, data, spec, out, ray.available_resources())
-    grid = tuner.fit()
+    global _progress
+    with console.progress("search", cfg.tune.trials, "trial") as _progress, _silent_tune():
+        try:
+            grid = tuner.fit()
+        finally:
+            _progress = None
     unfinished = cfg.tune.trials - grid.num_terminated - grid.num_errors
     keys = [p.key for p in params]
     rows = trial_rows(grid, keys, metric, mode, cfg.train.epochs)
@@ -325,12 +377,13 @@ def run_search(cfg: Config, overwrite: bool = False) -> SearchResult:
                "best_configs": best_configs, "seconds": round(time.time() - t0, 1)}
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)
-    print(plots.search_summary_text(summary, out), flush=True)
+    console.line(plots.search_summary_text(summary, out))
     if unfinished > 0:  # Tune stops on Ctrl-C and returns what it has; its state stays in out/tune
         raise KeyboardInterrupt
     if rows and summary["errors"] == len(rows):
         first = next(r for r in grid if r.error)
-        raise SearchError(f"all {len(rows)} trials failed; the first error was:\n{str(first.error)[-2000:]}")
+        raise SearchError(f"all {len(rows)} trials failed; the first error was: {console.last_line(first.error)} "
+                          f"(each trial's traceback is in error.txt under {os.path.join(out, TUNE_RUN_NAME)})")
     return SearchResult(out, rows, summary["best"], best_configs, time.time() - t0)
 
 

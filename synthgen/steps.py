@@ -7,6 +7,7 @@ scalars ("loss/G_l1", ...) that progress lines, Ray reports and plots consume ge
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -20,7 +21,8 @@ from synthgen.data import tensor_to_image
 from synthgen.device import prepare_module, to_device
 from synthgen.diffaug import diff_augment
 from synthgen.losses import (discriminator_loss, discriminator_loss_terms, generator_adversarial_loss,
-                             feature_matching_loss, kl_divergence, l1_loss, texture_loss,
+                             feature_matching_loss, kl_divergence, l1_loss, labelmix, labelmix_loss,
+                             mask_to_label, oasis_discriminator_loss_terms, oasis_generator_loss, texture_loss,
                              vae_reconstruction_loss)
 from synthgen.models import build_models
 from synthgen.progressive import Stage, faded, resize, stage_batch, stage_for
@@ -141,34 +143,81 @@ def _add(sums: dict[str, float], values: dict[str, torch.Tensor | float], n: int
         sums[key] = sums.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value) / n
 
 
-def _discriminator_backward(state: TrainState, mask: torch.Tensor, real: torch.Tensor,
+def _d_input(pc, mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """What the discriminator judges: the image alone for OASIS (it segments the image, so it must not
+    be shown the mask), cat([mask, image]) for the PatchGAN."""
+    return image if pc.discriminator == "oasis" else torch.cat([mask, image], 1)
+
+
+def _augment_alike(mask: torch.Tensor, images: list[torch.Tensor], policy: str):
+    """DiffAugment each of `images` with one set of parameters (drawn from the global RNG, so seeded
+    runs replay): (augmented mask, [augmented images])."""
+    seed = int(torch.randint(0, 2**62, (1,)))
+    out = [diff_augment(mask, image, policy, torch.Generator().manual_seed(seed)) for image in images]
+    return out[0][0], [image for _, image in out]
+
+
+def _patch_d_loss(D: nn.Module, mask: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, pc):
+    """PatchGAN D loss under pix2pix.gan_mode: (loss, reported terms by name). `fake` may stack k
+    fakes per real pair (the cVAE-GAN shows D two), each paired with `mask`."""
+    # Real and fakes through D in one forward: one DDP forward per backward, and the per-sample
+    # DiffAugment parameters differ for every image anyway.
+    k = len(fake) // len(real)
+    m, x = diff_augment(torch.cat([mask] * (1 + k)), torch.cat([real, fake]), pc.diffaug)
+    logits = D(torch.cat([m, x], 1))
+    real_logits, fake_logits = logits[:len(real)], logits[len(real):]
+    d_real, d_fake = discriminator_loss_terms(real_logits, fake_logits, pc.gan_mode)
+    return discriminator_loss(real_logits, fake_logits, pc.gan_mode), {"loss/D_real": d_real, "loss/D_fake": d_fake}
+
+
+def _oasis_d_loss(D: nn.Module, mask: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, pc):
+    """OASIS D loss, N+1-class CE plus lambda_labelmix * LabelMix: (loss, reported terms by name).
+
+    DiffAugment still applies: a handful of pairs is as easy to memorise for a per-pixel D as for a
+    PatchGAN (see diffaug.py), and its geometry already moves the mask with the image, so the
+    augmented mask is the label and the pair stays aligned. Real and fake share one set of parameters
+    here so that LabelMix can mix them pixel by pixel; real, fake and mixed go through D in one
+    forward, as in _patch_d_loss."""
+    m, images = _augment_alike(mask, [real, fake], pc.diffaug)
+    label = mask_to_label(m)
+    if pc.lambda_labelmix > 0:
+        mixed, mix = labelmix(*images, label)
+        images.append(mixed)
+    logits = D(torch.cat(images)).chunk(len(images))
+    d_real, d_fake = oasis_discriminator_loss_terms(logits[0], logits[1], label)
+    terms = {"loss/D_real": d_real, "loss/D_fake": d_fake}
+    loss = d_real + d_fake
+    if pc.lambda_labelmix > 0:
+        terms["loss/D_labelmix"] = labelmix_loss(logits[2], logits[0], logits[1], mix)
+        loss = loss + pc.lambda_labelmix * terms["loss/D_labelmix"]
+    return loss, terms
+
+
+D_LOSSES = {"patch": _patch_d_loss, "oasis": _oasis_d_loss}
+"""pix2pix.discriminator -> fn(D, mask, real, fake (detached), pix2pix config) -> (D loss, terms)."""
+
+
+def _discriminator_backward(state: TrainState, pc, mask: torch.Tensor, real: torch.Tensor,
                             fakes: list[torch.Tensor], n: int) -> dict[str, torch.Tensor]:
-    """Back-propagate D's loss (weight 1/n) on real pairs against each of `fakes` (detached), all
-    paired with `mask`; returns the unweighted real and fake terms by loss name.
-
-    Real and fakes go through D in one forward: one DDP forward per backward, and the per-sample
-    DiffAugment parameters differ for every image anyway."""
-    pc = state.cfg.pix2pix
+    """Back-propagate D's loss (D_LOSSES[pc.discriminator], weight 1/n) on real pairs against each of
+    `fakes` (detached), all paired with `mask`; returns the reported terms by loss name."""
     with autocast(state):
-        m, x = diff_augment(torch.cat([mask] * (1 + len(fakes))), torch.cat([real] + [f.detach() for f in fakes]),
-                            pc.diffaug)
-        logits = state.nets["discriminator"](torch.cat([m, x], 1))
-        real_logits, fake_logits = logits[:len(real)], logits[len(real):]
-        d_real, d_fake = discriminator_loss_terms(real_logits, fake_logits, pc.gan_mode)
-        loss_d = discriminator_loss(real_logits, fake_logits, pc.gan_mode)
+        loss_d, terms = D_LOSSES[pc.discriminator](state.nets["discriminator"], mask, real,
+                                                   torch.cat([f.detach() for f in fakes]), pc)
     state.scalers["discriminator"].scale(loss_d / n).backward()
-    return {"loss/D_real": d_real, "loss/D_fake": d_fake}
+    return terms
 
 
-def _adversarial_loss(state: TrainState, mask: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """The generator's GAN loss for (mask, fake) pairs. Through the unwrapped D (run it frozen), so
-    no DDP reduction is started for gradients that are thrown away."""
-    pc = state.cfg.pix2pix
+def _generator_adversarial(D: nn.Module, mask: torch.Tensor, fake: torch.Tensor, pc) -> torch.Tensor:
+    """The generator's adversarial loss on its (augmented) output through D."""
     m, x = diff_augment(mask, fake, pc.diffaug)
-    return generator_adversarial_loss(unwrap(state.nets["discriminator"])(torch.cat([m, x], 1)), pc.gan_mode)
+    logits = D(_d_input(pc, m, x))
+    if pc.discriminator == "oasis":
+        return oasis_generator_loss(logits, mask_to_label(m))
+    return generator_adversarial_loss(logits, pc.gan_mode)
 
 
-def _texture_terms(D: nn.Module, mask: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, prefix: str,
+def _texture_terms(D: nn.Module, pc, mask: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, prefix: str,
                    lambda_fm: float, lambda_texture: float = 0.0) -> dict[str, tuple[torch.Tensor, float]]:
     """The optional generator terms that reward texture rather than the pixel mean, by loss name
     ("loss/<prefix>_fm", ...): (value, weight); a zero weight leaves its term out. Feature matching
@@ -177,8 +226,8 @@ def _texture_terms(D: nn.Module, mask: torch.Tensor, real: torch.Tensor, fake: t
     terms = {}
     if lambda_fm > 0:
         with torch.no_grad():
-            real_features = D.features(torch.cat([mask, real], 1))
-        terms[f"loss/{prefix}_fm"] = (feature_matching_loss(real_features, D.features(torch.cat([mask, fake], 1))),
+            real_features = D.features(_d_input(pc, mask, real))
+        terms[f"loss/{prefix}_fm"] = (feature_matching_loss(real_features, D.features(_d_input(pc, mask, fake))),
                                       lambda_fm)
     if lambda_texture > 0:
         terms[f"loss/{prefix}_texture"] = (texture_loss(fake, real, mask), lambda_texture)
@@ -190,7 +239,9 @@ def pix2pix_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> d
 
     Per micro-batch the D loss (fake detached) and the G loss (through a frozen, unwrapped D) are both
     back-propagated before either optimiser steps: a simultaneous update, which keeps every DDP module
-    at one forward per backward.
+    at one forward per backward. The G step goes through `unwrap(D)` so no DDP reduction is started
+    for gradients that are thrown away. The adversarial losses follow pix2pix.discriminator (D_LOSSES,
+    _generator_adversarial); L1 and the texture terms apply to either.
     """
     G, D = state.nets["generator"], state.nets["discriminator"]
     pc, n = state.cfg.pix2pix, len(batches)
@@ -204,13 +255,13 @@ def pix2pix_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> d
             with autocast(state):
                 # Fading in a new resolution: blend with the generator's output one stage coarser.
                 fake = faded(state.stage, G(mask), lambda r: unwrap(G)(resize(mask, r)))
-            d_terms = _discriminator_backward(state, mask, real, [fake], n)
+            d_terms = _discriminator_backward(state, pc, mask, real, [fake], n)
             with _frozen(D):
                 with autocast(state):
-                    g_gan = _adversarial_loss(state, mask, fake)
+                    g_gan = _generator_adversarial(unwrap(D), mask, fake, pc)
                     g_l1 = l1_loss(fake.float(), real)
                     loss_g = g_gan + pc.lambda_l1 * g_l1
-                    extra = _texture_terms(unwrap(D), mask, real, fake, "G", pc.lambda_fm, pc.lambda_texture)
+                    extra = _texture_terms(unwrap(D), pc, mask, real, fake, "G", pc.lambda_fm, pc.lambda_texture)
                     for value, weight in extra.values():
                         loss_g = loss_g + weight * value
                 state.scalers["generator"].scale(loss_g / n).backward()
@@ -245,18 +296,23 @@ def _vae_fakes(state: TrainState, recon: torch.Tensor, mu: torch.Tensor, mask: t
     return [recon, sample]
 
 
+def _vae_d_config(cfg: Config):
+    """The pix2pix settings the cVAE-GAN's discriminator follows (ndf, gan_mode, diffaug, ...), with
+    the PatchGAN whatever pix2pix.discriminator says (see models.network_kind)."""
+    return dataclasses.replace(cfg.pix2pix, discriminator="patch")
+
+
 def _vae_gan_terms(state: TrainState, mask: torch.Tensor, real: torch.Tensor, fakes: list[torch.Tensor],
                    pixels: float) -> dict[str, tuple[torch.Tensor, float]]:
     """The VAE's adversarial and feature-matching terms by loss name: (value, weight). The weights are
     scaled by `pixels` (C*H*W at full resolution) to match the summed reconstruction term."""
-    v = state.cfg.vae
+    v, pc, D = state.cfg.vae, _vae_d_config(state.cfg), unwrap(state.nets["discriminator"])
     terms = {}
     with autocast(state):
         if v.lambda_gan > 0:
-            adv = _adversarial_loss(state, torch.cat([mask] * len(fakes)), torch.cat(fakes))
+            adv = _generator_adversarial(D, torch.cat([mask] * len(fakes)), torch.cat(fakes), pc)
             terms["loss/VAE_gan"] = (adv, v.lambda_gan * pixels)
-        terms.update(_texture_terms(unwrap(state.nets["discriminator"]), mask, real, fakes[0], "VAE",
-                                    v.lambda_fm * pixels))
+        terms.update(_texture_terms(D, pc, mask, real, fakes[0], "VAE", v.lambda_fm * pixels))
     return terms
 
 
@@ -293,7 +349,7 @@ def vae_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> dict[
             extra, d_terms = {}, {}
             if D is not None:
                 fakes = _vae_fakes(state, recon, mu, mask)
-                d_terms = _discriminator_backward(state, mask, real, fakes, n)
+                d_terms = _discriminator_backward(state, _vae_d_config(state.cfg), mask, real, fakes, n)
             with _frozen(D):
                 if D is not None:
                     extra = _vae_gan_terms(state, mask, real, fakes, real[0].numel() * scale)
@@ -353,13 +409,17 @@ def train_epoch(state: TrainState, batches: Iterable[dict[str, torch.Tensor]],
     return metrics
 
 
+def metrics_text(metrics: dict[str, float]) -> str:
+    """An epoch's losses and validation scores, e.g. 'G_l1 0.5306  val_ssim 0.1430'."""
+    return "  ".join(f"{k.replace('loss/', '').replace('/', '_')} {v:.4f}" for k, v in metrics.items() if "/" in k)
+
+
 def format_metrics(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
     """The per-epoch progress line."""
-    parts = [f"{k.replace('loss/', '').replace('/', '_')} {v:.4f}" for k, v in metrics.items() if "/" in k]
     at = f" @{metrics['resolution']:.0f}px" if "resolution" in metrics else ""
     if metrics.get("fade_alpha", 1.0) < 1.0:
         at += f" (fade-in {metrics['fade_alpha']:.2f})"
-    return f"epoch {epoch + 1}/{epochs}{at}  " + "  ".join(parts) + f"  ({metrics['time_s']:.1f}s)"
+    return f"epoch {epoch + 1}/{epochs}{at}  " + metrics_text(metrics) + f"  ({metrics['time_s']:.1f}s)"
 
 
 def _noise_channels(gen: nn.Module) -> int:

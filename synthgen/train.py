@@ -9,14 +9,16 @@ checkpoint into the run's outputs: `model/` (weights + config + metrics), `loss_
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import ray
 import ray.train
@@ -28,8 +30,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from synthgen.checkpoint import load_checkpoint, restore_state, save_checkpoint
 from synthgen.config import Config
 from synthgen.data import Pair, PairDataset, find_pairs, image_channels, split_pairs
-from synthgen.steps import build_state, format_metrics, seed_epoch, train_epoch, validate
-from synthgen import plots, storage
+from synthgen.steps import build_state, metrics_text, seed_epoch, train_epoch, validate
+from synthgen import console, plots, ray_session, storage
 
 RAY_RUN_NAME = "ray_train"
 
@@ -101,8 +103,6 @@ def run_training(loop_config: dict, rank: int, world: int, device: torch.device,
         metrics["epoch"] = float(epoch + 1)
         state.epoch = epoch + 1
         state.history.append(metrics)
-        if rank == 0:
-            print(format_metrics(epoch, cfg.train.epochs, metrics), flush=True)
         due = state.epoch % cfg.train.checkpoint_every == 0 or state.epoch == cfg.train.epochs
         if due and rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
@@ -193,6 +193,67 @@ class TrainResult:
     seconds: float
 
 
+class EpochForwarder(ray.train.UserCallback):
+    """Runs in Ray Train's controller: hands rank 0's metrics of every report, and word of a failed
+    worker, to the driver, which prints them (workers print nothing, so each epoch is shown once
+    whatever the worker count)."""
+
+    def __init__(self, queue) -> None:
+        self.queue = queue
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        if metrics:
+            self.queue.put(metrics[0])
+
+    def after_exception(self, run_context, worker_exceptions: dict) -> None:
+        rank, error = min(worker_exceptions.items())
+        self.queue.put({"failure": f"rank {rank}: {console.last_line(error)}"})
+
+
+@contextlib.contextmanager
+def epoch_progress(epochs: int) -> Iterator[EpochForwarder]:
+    """A training progress display fed by the EpochForwarder it yields (pass it to the trainer).
+    After a worker failure it warns, and says at which epoch Ray Train's restart resumed."""
+    from ray.util.queue import Empty, Queue
+
+    queue = Queue(actor_options={"num_cpus": 0})  # a CPU-less actor: training workers hold the CPUs
+    stop = threading.Event()
+    bar = console.progress("training", epochs, "epoch")
+
+    def pump() -> None:
+        failed = False
+        while True:
+            try:
+                item = queue.get(timeout=0.5)
+            except Empty:
+                if stop.is_set():
+                    return
+                continue
+            except ray.exceptions.RayError:
+                return  # Ray is going down (Ctrl-C): the driver reports that
+            if "failure" in item:
+                if not failed:
+                    console.warn(f"a training worker failed ({item['failure']}); Ray Train restarts the "
+                                 "workers from the last checkpoint (train.max_failures)")
+                failed = True
+                continue
+            epoch = int(item["epoch"])
+            if failed or epoch <= bar.done:  # an epoch again: the workers were restarted
+                console.line(f"training resumed at epoch {epoch}/{epochs}")
+                failed = False
+            bar.update(max(0, epoch - bar.done), metrics_text(item))
+
+    thread = threading.Thread(target=pump, name="synthgen-epochs", daemon=True)
+    thread.start()
+    try:
+        yield EpochForwarder(queue)
+    finally:
+        stop.set()  # the pump drains what is queued, then stops
+        thread.join()
+        bar.close()
+        queue.shutdown()
+
+
 def _check_resources(cfg: Config) -> None:
     t = cfg.train
     available = ray.available_resources()
@@ -234,19 +295,22 @@ def fit(cfg: Config, overwrite: bool = False, pairs: list[Pair] | None = None) -
     train_pairs, val_pairs = split_pairs(pairs, cfg.data.val_pairs)
     channels = image_channels(pairs)
     out = prepare_run_dir(cfg, overwrite)
-    cfg.save(out)
-    print(f"synthgen train: {cfg.train.model}, {len(train_pairs)} train + {len(val_pairs)} val pairs, "
-          f"{channels} channel(s), {cfg.data.image_size}px, {cfg.train.workers} worker(s) -> {out}\n"
-          + cfg.to_yaml(), flush=True)
+    config_path = cfg.save(out)
+    console.line(f"synthgen train: {cfg.train.model} on {len(train_pairs)} train + {len(val_pairs)} validation "
+                 f"pairs from {os.path.abspath(cfg.data.images)} ({channels} channel(s), {cfg.data.image_size} px), "
+                 f"{cfg.train.workers} worker(s) -> {out}")
+    console.line(f"config     {config_path}")
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
+    ray_session.ensure()
     _check_resources(cfg)
-    trainer = torch_trainer(cfg, loop_config(cfg, train_pairs, val_pairs, channels), checkpoint_storage(cfg))
-    try:
-        result = trainer.fit()
-    except ray.train.TrainingFailedError as e:
-        raise TrainError(f"training failed after {cfg.train.max_failures} restart(s): {e}") from None
+    with epoch_progress(cfg.train.epochs) as forwarder:
+        trainer = torch_trainer(cfg, loop_config(cfg, train_pairs, val_pairs, channels), checkpoint_storage(cfg),
+                                callbacks=[forwarder])
+        try:
+            result = trainer.fit()
+        except ray.train.TrainingFailedError as e:
+            raise TrainError(f"training failed after {cfg.train.max_failures} restart(s): "
+                             f"{console.last_line(e)}") from None
     if result.checkpoint is None:
         raise TrainError(f"{out}: training finished without a checkpoint")
     model_dir = os.path.join(out, "model")
@@ -276,5 +340,5 @@ def write_run_report(out: str, ckpt, sample_pairs: list[Pair], seconds: float) -
                            "samples": os.path.join(out, "samples.png"), "config": os.path.join(out, "config.yaml")}}
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    print(plots.summary_text(summary), flush=True)
+    console.line(plots.summary_text(summary))
 

@@ -67,9 +67,12 @@ def tiny_config(images: str, masks: str, out: str, model: str = "pix2pix", **tra
 
 @pytest.fixture(scope="session")
 def ray_2cpu():
-    """A local Ray with 2 CPUs, no dashboard, shut down at the end of the session."""
+    """A private local Ray with 2 CPUs, started as synthgen starts its own (ray_session), shared by the
+    tests that use it and shut down at the end of the session."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    from synthgen import ray_session
+
+    ray_session.start_local(num_cpus=2)
     yield ray
     ray.shutdown()

@@ -158,3 +158,23 @@ def test_plateau_and_curve_summary_by_hand():
     assert real["dice_mean"] == pytest.approx([0.5, 0.6, 0.7, 0.8, 0.875]) and real["dice_std"][-1] == pytest.approx(0.025)
     assert real["plateau_step"] == 500 and real["still_rising"]  # 500 > 80% of the 500-step budget
     assert classic["plateau_step"] == 200 and not classic["still_rising"]
+
+
+def test_generated_sets_take_the_evaluation_variations():
+    from synthgen.evaluate import DEFAULT_VARIATIONS, _generation_config
+
+    cfg = Config()
+    g = _generation_config(cfg, "hybrid", "ck/p2p", "ck/vae", "out")
+    assert g.generate.variations == DEFAULT_VARIATIONS["vae"] and g.variations.affine_degrees == 10.0
+    assert (g.generate.checkpoint, g.generate.vae_checkpoint, g.generate.model) == ("ck/p2p", "ck/vae", "hybrid")
+    cfg.evaluate.variations = "affine,elastic,flip"
+    cfg.set("variations.affine_degrees", "15")
+    cfg.set("variations.affine_scale", "0.2")
+    g = _generation_config(cfg, "pix2pix", "ck/p2p", "", "out")
+    assert g.generate.variations == "affine,elastic,flip"
+    assert (g.variations.affine_degrees, g.variations.affine_scale) == (15.0, 0.2)
+    cfg.set("variations.affine_degrees", "30")  # a copy: the generated set's config is its own
+    assert g.variations.affine_degrees == 15.0
+    cfg.evaluate.variations = "affine,twist"
+    with pytest.raises(ConfigError, match="evaluate.variations"):
+        cfg.validate()

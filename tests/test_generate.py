@@ -228,7 +228,7 @@ def test_label_fidelity_from_an_auto_segmenter(ray_2cpu, setup, tmp_path):
     assert again.generated == result.generated
 
 
-@pytest.mark.parametrize("model", ["pix2pix", "hybrid"])
+@pytest.mark.parametrize("model", ["pix2pix", pytest.param("hybrid", marks=pytest.mark.slow)])
 def test_torch_scoring_in_the_actors_matches_skimage(ray_2cpu, setup, runs, model):
     """generate.scoring torch (what --gpu uses) gives the same scores and the same accepted set."""
     root = setup["root"]

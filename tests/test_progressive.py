@@ -198,6 +198,7 @@ def test_progressive_pix2pix_learns_the_pairs(tmp_path):
     assert l1(gen) < 0.8 * start
 
 
+@pytest.mark.slow  # > 1 min on 2 cores; run with -m slow
 def test_ray_train_follows_the_schedule_across_workers(ray_2cpu, tmp_path):
     images, masks = write_pairs(str(tmp_path / "d"), n=4, size=(64, 64))
     out = str(tmp_path / "run")

@@ -167,6 +167,7 @@ def test_tiny_search_writes_the_table_plot_and_summary(tiny_search):
     assert summary["best"]["quality"] >= summary["default"]["quality"] or summary["default"]["status"] != "completed"
 
 
+@pytest.mark.slow  # > 1 min on 2 cores; run with -m slow
 def test_best_config_trains_and_best_model_loads(ray_2cpu, tiny_search, tmp_path):
     table = pd.read_csv(os.path.join(tiny_search, "trials.csv"))
     best_yaml = os.path.join(tiny_search, "best_config.yaml")
@@ -197,6 +198,7 @@ def _checkpoints(out: str) -> int:
     return len(glob.glob(os.path.join(out, "tune", "*", "checkpoint_*")))
 
 
+@pytest.mark.slow  # > 1 min on 2 cores; run with -m slow
 def test_interrupted_search_resumes(data, tmp_path):
     """Ctrl-C part-way through, then --resume: every trial is run once, none twice."""
     images, masks, config = data

@@ -65,6 +65,7 @@ def test_two_worker_run_writes_outputs_and_l1_falls(straight_run):
     assert len(kept) == 2, kept
 
 
+@pytest.mark.slow  # > 1 min on 2 cores; run with -m slow
 def test_same_seed_gives_same_weights_and_resume_replays_exactly(straight_run, data, tmp_path):
     images, masks = data
     base = tiny_config(images, masks, str(tmp_path / "a"), workers=2, seed=3, checkpoint_every=1, epochs=4)

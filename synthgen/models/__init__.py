@@ -3,6 +3,7 @@
     from synthgen.models import build_models, build_from_config
     nets = build_models(cfg, channels=3)        # {"generator", "discriminator"} or {"vae"[, "discriminator"]}
     g = build_from_config("generator", nets["generator"].config)   # same architecture, fresh weights
+    d = build_from_config(network_kind("discriminator", cfg), nets["discriminator"].config)
 """
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from torch.nn.utils import parametrize
 
 from synthgen.config import Config
 from synthgen.progressive import min_size as schedule_min_size
+from synthgen.models.oasis import OASISDiscriminator
 from synthgen.models.pix2pix import PatchDiscriminator, UNetGenerator
 from synthgen.models.vae import ConditionalVAE
 
 __all__ = [
     "MODELS", "NETWORKS", "build_models", "build_from_config", "build_discriminator", "build_pix2pix",
-    "build_vae", "init_weights",
-    "UNetGenerator", "PatchDiscriminator", "ConditionalVAE",
+    "build_vae", "init_weights", "network_kind",
+    "UNetGenerator", "PatchDiscriminator", "OASISDiscriminator", "ConditionalVAE",
 ]
 
 
@@ -46,7 +48,8 @@ def init_weights(module: nn.Module, gain: float = 0.02) -> nn.Module:
 
 
 def build_pix2pix(cfg: Config, channels: int, min_size: int | None = None) -> dict[str, nn.Module]:
-    """Generator mask (1 channel) -> image (`channels`); discriminator on cat([mask, image])."""
+    """Generator mask (1 channel) -> image (`channels`); discriminator (pix2pix.discriminator): the
+    PatchGAN on cat([mask, image]) or the OASIS segmenter on the image alone."""
     p = cfg.pix2pix
     generator = UNetGenerator(
         in_channels=1, out_channels=channels, image_size=cfg.data.image_size,
@@ -54,14 +57,19 @@ def build_pix2pix(cfg: Config, channels: int, min_size: int | None = None) -> di
         min_size=min_size, noise_channels=p.noise_channels,
     )
     # Both constructed before either is initialised: the seeded weights of existing runs depend on it.
-    discriminator = build_discriminator(cfg, channels)
+    discriminator = build_discriminator(cfg, channels, min_size)
     return {"generator": init_weights(generator), "discriminator": init_weights(discriminator)}
 
 
-def build_discriminator(cfg: Config, channels: int) -> nn.Module:
-    """The PatchGAN on cat([mask, image]) of pix2pix and of the cVAE-GAN, from the pix2pix settings
-    (not yet initialised: pass it to init_weights)."""
+def build_discriminator(cfg: Config, channels: int, min_size: int | None = None) -> nn.Module:
+    """The discriminator of pix2pix and of the cVAE-GAN, from the pix2pix settings (not yet
+    initialised: pass it to init_weights): the PatchGAN on cat([mask, image]), or for pix2pix with
+    pix2pix.discriminator "oasis" the OASIS segmenter on the image alone (see network_kind)."""
     p = cfg.pix2pix
+    if network_kind("discriminator", cfg) == "oasis_discriminator":
+        # Masks are binary (data.py), so the OASIS D segments 2 classes (background, foreground) + fake.
+        return OASISDiscriminator(in_channels=channels, num_classes=2, image_size=cfg.data.image_size,
+                                  ndf=p.ndf, spectral_norm=p.spectral_norm, min_size=min_size)
     return PatchDiscriminator(in_channels=1 + channels, ndf=p.ndf, spectral_norm=p.spectral_norm)
 
 
@@ -82,9 +90,22 @@ MODELS: dict[str, Callable[..., dict[str, nn.Module]]] = {"pix2pix": build_pix2p
 """cfg.train.model -> builder of that model's networks."""
 
 NETWORKS: dict[str, type[nn.Module]] = {
-    "generator": UNetGenerator, "discriminator": PatchDiscriminator, "vae": ConditionalVAE,
+    "generator": UNetGenerator, "discriminator": PatchDiscriminator, "oasis_discriminator": OASISDiscriminator,
+    "vae": ConditionalVAE,
 }
-"""Network name (the keys build_models returns) -> class, for rebuilding from a saved `.config`."""
+"""Network kind -> class, for rebuilding from a saved `.config`. The kind is the name build_models
+gives the network, except for an OASIS discriminator (see network_kind)."""
+
+
+def network_kind(name: str, cfg: Config) -> str:
+    """The NETWORKS key of the network that a run of `cfg` holds under `name` (a build_models key).
+
+    Both discriminators are stored as "discriminator", so that the training loop and checkpoints
+    name one network whichever it is; the run's config says which class rebuilds it. The cVAE-GAN's
+    discriminator is always the PatchGAN (its loss in steps.vae_step is the PatchGAN's)."""
+    if name == "discriminator" and cfg.train.model == "pix2pix" and cfg.pix2pix.discriminator == "oasis":
+        return "oasis_discriminator"
+    return name
 
 
 def build_models(cfg: Config, channels: int, min_size: int | None = None) -> dict[str, nn.Module]:
