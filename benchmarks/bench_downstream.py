@@ -87,8 +87,9 @@ def main() -> None:
         ray.shutdown()
     s = result["summary"]
     ks = [str(k) for k in result["ks"]]
-    best_baseline = {k: max(s[c][k]["dice_mean"] for c in ("real", "classic") if c in s and k in s[c]) for k in ks}
-    gains = {c: {k: round(s[c][k]["dice_mean"] - best_baseline[k], 4) for k in ks if k in s[c]}
+    baselines = {k: [s[c][k]["dice_mean"] for c in ("real", "classic") if c in s and k in s[c]] for k in ks}
+    # Without a baseline condition in this run (e.g. --conditions pix2pix) there is no gain to report.
+    gains = {c: {k: round(s[c][k]["dice_mean"] - max(baselines[k]), 4) for k in ks if k in s[c] and baselines[k]}
              for c in s if c not in ("real", "classic", "all_real")}  # pix2pix, vae, hybrid, pix2pix@t0.5, ...
     print(json.dumps({"benchmark": "downstream", "data": "isbi2012_em", "cpus": args.cpus,
                       "image_size": args.image_size, "seg_steps": args.seg_steps, "gen_steps": args.gen_steps,
