@@ -91,6 +91,13 @@ def test_training_loss_falls_on_two_pairs(tmp_path) -> None:
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
 
 
+def test_bf16_step_is_finite_on_cpu(tmp_path) -> None:
+    cfg = _cfg(tmp_path)
+    cfg.train.precision = "bf16"
+    state = build_state(cfg, channels=1)
+    assert np.isfinite(diffusion_step(state, [_pairs()])["loss/diffusion_mse"])
+
+
 def test_ema_is_not_optimised_and_follows_the_weights(tmp_path) -> None:
     state = build_state(_cfg(tmp_path), channels=1)
     assert set(state.nets) == {"diffusion", "diffusion_ema"}
@@ -211,6 +218,17 @@ def trained(tmp_path_factory):
     gen = SyntheticDataGenerator("diffusion", "cpu", image_size=32, config=cfg)
     gen.train_diffusion(loader, num_epochs=1)
     return {"root": root, "images": images, "masks": masks, "checkpoint": gen.save(str(root / "model"))}
+
+
+def test_api_load_and_visualize(trained, tmp_path) -> None:
+    gen = SyntheticDataGenerator.load(trained["checkpoint"])
+    assert gen.cfg.train.model == "diffusion" and gen.history
+    mask = _pairs()["mask"][0, 0]
+    out = gen.visualize_generation(mask, num_samples=2, save_path=str(tmp_path / "samples.png"), seed=1)
+    assert out.shape == (1, 2, 1, 32, 32) and os.path.getsize(tmp_path / "samples.png") > 0
+    assert torch.equal(out, gen.visualize_generation(mask, num_samples=2, seed=1))
+    with pytest.raises(ValueError, match="not supported for the diffusion model"):
+        gen.train_at_resolution(16, epochs=1)
 
 
 def test_generate_writes_a_valid_dataset(ray_2cpu, trained, tmp_path) -> None:

@@ -79,6 +79,11 @@ class MaskDiffusion(nn.Module):
 
     loss = forward
 
+    def compile(self, *args, **kwargs) -> None:
+        """torch.compile the U-Net in place (train.compile, generate.compile): it is what both the loss
+        and the sampler run, while nn.Module.compile would compile only `forward`, the loss."""
+        self.unet.compile(*args, **kwargs)
+
     def sampler(self, steps: int):
         """A DDIM scheduler on this model's noise schedule, set to `steps` steps. 'trailing' spacing
         starts at the last training timestep, so few-step sampling starts from pure noise, as the
