@@ -46,7 +46,7 @@ def _image_shape(loader: DataLoader) -> tuple[int, int]:
 
 
 class SyntheticDataGenerator:
-    """Train a pix2pix or conditional-VAE generator in this process and render images from masks."""
+    """Train a pix2pix, conditional-VAE or diffusion generator in this process and render images from masks."""
 
     def __init__(self, model_type: str = "pix2pix", device: str = "cpu", image_size: int | None = None,
                  latent_dim: int | None = None, config: Config | None = None):
@@ -105,6 +105,13 @@ class SyntheticDataGenerator:
         self.cfg.train.lr, self.cfg.vae.beta = lr, beta
         return self._train("vae", dataloader, num_epochs)
 
+    def train_diffusion(self, dataloader: DataLoader, num_epochs: int = 20,
+                        lr: float = 2e-4) -> list[dict[str, float]]:
+        """Train (or continue training) the diffusion model (config section `diffusion`); returns the
+        per-epoch metric history."""
+        self.cfg.train.lr = lr
+        return self._train("diffusion", dataloader, num_epochs)
+
     def train_at_resolution(self, resolution: int, epochs: int, fade_in_epochs: int = 0,
                             dataloader: DataLoader | None = None) -> list[dict[str, float]]:
         """Progressive training, one stage per call (see synthgen.progressive):
@@ -117,6 +124,8 @@ class SyntheticDataGenerator:
         the smallest resolution, which sets the networks' depth; later calls may not go below it.
         Uses the learning rate and loss weights of the generator's config (train.lr, ...).
         """
+        if self.cfg.train.model == "diffusion":
+            raise ValueError("train_at_resolution: progressive training is not supported for the diffusion model")
         loader = dataloader or self._loader
         if loader is None:
             raise ValueError("train_at_resolution: pass a dataloader on the first call")
@@ -143,7 +152,7 @@ class SyntheticDataGenerator:
 
     def _require_trained(self) -> TrainState:
         if self.state is None:
-            raise RuntimeError("train or load the generator first (train_pix2pix / train_vae / load)")
+            raise RuntimeError("train or load the generator first (train_pix2pix / train_vae / train_diffusion / load)")
         return self.state
 
     def plot_training_curves(self, save_path: str) -> str:
@@ -154,7 +163,8 @@ class SyntheticDataGenerator:
         """Generate `num_samples` images per mask -> (B, num_samples, C, H, W) in [-1, 1].
 
         `input_mask`: HxW numpy array or tensor of {0,1}, or a (1,H,W) / (B,1,H,W) tensor.
-        Pix2pix in eval mode is deterministic, so its samples are identical; the VAE's differ.
+        Pix2pix in eval mode is deterministic, so its samples are identical; the VAE's and the diffusion
+        model's differ.
         """
         state = self._require_trained()
         masks = torch.as_tensor(np.asarray(input_mask) if not torch.is_tensor(input_mask) else input_mask)

@@ -1,8 +1,8 @@
 """Checkpoints that never unpickle arbitrary objects.
 
 A checkpoint is a directory:
-    <net>.safetensors     weights of each network (generator, discriminator | vae [, discriminator]),
-                          exact bytes
+    <net>.safetensors     weights of each network (generator, discriminator | vae [, discriminator] |
+                          diffusion [, diffusion_ema]), exact bytes
     nets.json             each network's constructor arguments, enough to rebuild it
     config.json           the full run Config
     state.json            epoch (finished epochs), model name, image channels, metrics history
@@ -148,7 +148,8 @@ def restore_state(state, ckpt: LoadedCheckpoint) -> None:
     if state.nets.keys() != ckpt.nets.keys():
         raise CheckpointError(f"the checkpoint holds networks {sorted(ckpt.nets)} but the config builds "
                               f"{sorted(state.nets)} (a discriminator comes with pix2pix, and with the VAE when "
-                              f"vae.lambda_gan or vae.lambda_fm > 0: keep those as the run was started)")
+                              f"vae.lambda_gan or vae.lambda_fm > 0; diffusion_ema with diffusion.ema_decay > 0: "
+                              f"keep those as the run was started)")
     for name, net in state.nets.items():
         unwrap(net).load_state_dict(ckpt.nets[name].state_dict())
     if ckpt.training_state is not None:

@@ -41,6 +41,7 @@ TRAIN_FLAGS = {
     "--repeats": "data.repeats", "--val-pairs": "data.val_pairs", "--generator": "pix2pix.generator",
     "--discriminator": "pix2pix.discriminator", "--resolutions": "train.resolutions",
     "--stage-epochs": "train.stage_epochs", "--fade-in-epochs": "train.fade_in_epochs",
+    "--sample-steps": "diffusion.sample_steps",
 }
 TRAIN_SWITCHES = {"--gpu": "train.gpu", "--invert-mask": "data.invert_mask", "--resume": "train.resume",
                   "--grad-checkpoint": "train.grad_checkpoint", "--channels-last": "train.channels_last",
@@ -53,7 +54,7 @@ GENERATE_FLAGS = {
     "--batch-size": "generate.batch_size", "--seed": "generate.seed", "--precision": "generate.precision",
     "--cpus-per-actor": "generate.cpus_per_actor", "--shard-rows": "generate.shard_rows",
     "--segmenter": "generate.segmenter", "--segmenter-steps": "generate.segmenter_steps",
-    "--max-batch": "generate.max_batch", "--scoring": "generate.scoring",
+    "--max-batch": "generate.max_batch", "--scoring": "generate.scoring", "--sample-steps": "generate.sample_steps",
 }
 GENERATE_SWITCHES = {"--gpu": "generate.gpu", "--keep-rejected": "generate.keep_rejected",
                      "--channels-last": "generate.channels_last", "--compile": "generate.compile"}
@@ -137,7 +138,7 @@ def _parse_actors(text: str) -> tuple[int, int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synthgen", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_flags(sub.add_parser("train", help="train pix2pix or the conditional VAE on Ray Train"),
+    _add_flags(sub.add_parser("train", help="train pix2pix, the conditional VAE or the diffusion model on Ray Train"),
                TRAIN_FLAGS, TRAIN_SWITCHES)
     gen = sub.add_parser("generate", help="generate a filtered synthetic dataset on Ray Data")
     _add_flags(gen, GENERATE_FLAGS, GENERATE_SWITCHES)

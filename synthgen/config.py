@@ -129,9 +129,37 @@ class VAEConfig:
 
 
 @dataclass
+class DiffusionConfig:
+    """The mask-conditioned diffusion model (train.model 'diffusion', synthgen/models/diffusion.py),
+    sized for a few images: 4.6M parameters at the default width, trained from scratch."""
+
+    channels: int = 32
+    """U-Net width: channels of the first level; the four levels have 1, 2, 2, 4 times this. A
+    multiple of 8, >= 8."""
+    layers_per_block: int = 2
+    """ResNet blocks per U-Net level (1-4)."""
+    timesteps: int = 1000
+    """Diffusion timesteps of the training noise schedule (DDPM's 1000). >= 2."""
+    beta_schedule: str = "squaredcos_cap_v2"
+    """Noise schedule: 'squaredcos_cap_v2' (the cosine schedule of Nichol & Dhariwal 2021, which
+    destroys small images more gradually than DDPM's 'linear'), 'linear' or 'scaled_linear'."""
+    prediction_type: str = "epsilon"
+    """What the U-Net predicts: 'epsilon' (the noise, DDPM), 'v_prediction' (Salimans & Ho 2022) or
+    'sample' (the clean image)."""
+    sample_steps: int = 50
+    """DDIM steps per image when sampling (samples.png, validation, generation); generation time is
+    proportional to it. 1 <= sample_steps <= timesteps."""
+    ema_decay: float = 0.999
+    """Decay of the exponential moving average of the weights that samples are drawn with (saved as
+    the network 'diffusion_ema'); warmed up as min(decay, (1 + n) / (10 + n)) after n optimiser steps,
+    so short runs are not dominated by the initial weights. 0 disables it (samples use the trained
+    weights). In [0, 1)."""
+
+
+@dataclass
 class TrainConfig:
     model: str = "pix2pix"
-    """Which model to train: 'pix2pix' or 'vae'."""
+    """Which model to train: 'pix2pix', 'vae' or 'diffusion'."""
     out: str = "runs/train"
     """Run directory: config, Ray checkpoints, final model, plots."""
     epochs: int = 20
@@ -233,12 +261,13 @@ class GenerateConfig:
     out: str = "runs/generated"
     """Output dataset directory (written to a temporary sibling, renamed when complete)."""
     model: str = ""
-    """'pix2pix', 'vae' or 'hybrid' (both; keep the better per candidate); '' = the checkpoint's model."""
+    """'pix2pix', 'vae', 'diffusion' or 'hybrid' (a pix2pix and a VAE checkpoint: keep the better image per
+    candidate; diffusion does not take part); '' = the checkpoint's model."""
     num_variations: int = 8
     """Candidates generated per source mask (per tile of a source larger than the model's size)."""
     variations: str = "noise,elastic,morph"
     """Comma list of variation kinds, cycled over a mask's candidates: noise, elastic, affine, flip,
-    crop, morph, latent (VAE: same mask, new z)."""
+    crop, morph, latent (VAE: same mask, new z; diffusion: same mask, new starting noise)."""
     threshold: str = "0.8"
     """Accept a candidate when its weighted overall score is at least this: an absolute number (any
     finite value; -1 keeps everything), or 'real:F' (F > 0, e.g. real:0.9) = F times the median overall
@@ -269,6 +298,9 @@ class GenerateConfig:
     """NHWC layout for the generator in the actors (faster on tensor-core GPUs with bf16/fp16)."""
     compile: bool = False
     """torch.compile the generator in every actor (each actor pays the compile once)."""
+    sample_steps: int = 0
+    """Diffusion checkpoints: DDIM steps per candidate (generation time is proportional to it); 0 = the
+    checkpoint's diffusion.sample_steps. Ignored by the other models."""
     scoring: str = "auto"
     """Where candidates are scored: 'skimage' (scikit-image in CPU tasks, the reference), 'torch'
     (batched PyTorch in the generator actors, on their GPU when --gpu; agrees with skimage within
@@ -441,6 +473,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     pix2pix: Pix2PixConfig = field(default_factory=Pix2PixConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     variations: VariationConfig = field(default_factory=VariationConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
@@ -515,7 +548,7 @@ class Config:
     def validate(self) -> None:
         t, dt, p = self.train, self.data, self.pix2pix
         checks = [
-            (t.model in ("pix2pix", "vae"), "train.model must be 'pix2pix' or 'vae'"),
+            (t.model in TRAIN_MODELS, f"train.model must be one of {', '.join(TRAIN_MODELS)}, got {t.model!r}"),
             (dt.image_size >= 16 and dt.image_size % 16 == 0, "data.image_size must be a multiple of 16, >= 16"),
             (t.epochs >= 1, "train.epochs must be >= 1"),
             (t.batch_size >= 1, "train.batch_size must be >= 1"),
@@ -542,10 +575,27 @@ class Config:
              f"{self.vae.lambda_gan} and {self.vae.lambda_fm}"),
             (dt.val_pairs >= 0 and dt.repeats >= 1, "data.val_pairs >= 0 and data.repeats >= 1"),
             (dt.min_pairs >= dt.val_pairs + 1, "data.min_pairs must leave at least one training pair"),
-        ] + self._generate_checks() + self._search_checks() + self._evaluate_checks() + _progressive_checks(self)
+        ] + self._diffusion_checks() + self._generate_checks() + self._search_checks() + self._evaluate_checks() + _progressive_checks(self)
         errors = [msg for ok, msg in checks if not ok]
         if errors:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+
+    def _diffusion_checks(self) -> list[tuple[bool, str]]:
+        d = self.diffusion
+        return [
+            (d.channels >= 8 and d.channels % 8 == 0, f"diffusion.channels must be a multiple of 8, >= 8, got {d.channels}"),
+            (1 <= d.layers_per_block <= 4, f"diffusion.layers_per_block must be in 1..4, got {d.layers_per_block}"),
+            (d.timesteps >= 2, f"diffusion.timesteps must be >= 2, got {d.timesteps}"),
+            (d.beta_schedule in BETA_SCHEDULES,
+             f"diffusion.beta_schedule must be one of {', '.join(BETA_SCHEDULES)}, got {d.beta_schedule!r}"),
+            (d.prediction_type in PREDICTION_TYPES,
+             f"diffusion.prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {d.prediction_type!r}"),
+            (1 <= d.sample_steps <= d.timesteps,
+             f"diffusion.sample_steps must be in 1..diffusion.timesteps ({d.timesteps}), got {d.sample_steps}"),
+            (0.0 <= d.ema_decay < 1.0, f"diffusion.ema_decay must be in [0, 1), got {d.ema_decay}"),
+            (self.train.model != "diffusion" or not self.train.resolutions,
+             "train.resolutions (progressive training) is not supported with train.model diffusion"),
+        ]
 
     def _evaluate_checks(self) -> list[tuple[bool, str]]:
         e = self.evaluate
@@ -577,7 +627,7 @@ class Config:
         g, v = self.generate, self.variations
         kinds = ("noise", "elastic", "affine", "flip", "crop", "morph", "latent")
         return [
-            (g.model in ("", "pix2pix", "vae", "hybrid"), "generate.model must be pix2pix, vae or hybrid"),
+            (g.model in GENERATE_MODELS, f"generate.model must be one of {', '.join(GENERATE_MODELS[1:])}, got {g.model!r}"),
             (g.num_variations >= 1, "generate.num_variations must be >= 1"),
             (bool(split_list(g.variations)) and all(k in kinds for k in split_list(g.variations)),
              "generate.variations is a comma list of " + ", ".join(kinds)),
@@ -589,6 +639,7 @@ class Config:
             (_resources_ok(g.actor_resources), "generate.actor_resources is a comma list of name=amount (amount > 0)"),
             (g.precision in ("fp32", "bf16", "fp16"), "generate.precision must be fp32, bf16 or fp16"),
             (g.max_batch >= 0, "generate.max_batch must be >= 0 (0 = sized to the device)"),
+            (g.sample_steps >= 0, f"generate.sample_steps must be >= 0 (0 = the checkpoint's), got {g.sample_steps}"),
             (g.realism_samples >= 2, "generate.realism_samples must be >= 2 (the C2ST holds out half)"),
             (g.scoring in ("auto", "skimage", "torch"), "generate.scoring must be auto, skimage or torch"),
             *[(problem is None, f"{key} {problem}") for key, value in
@@ -608,6 +659,18 @@ def _progressive_checks(cfg: Config) -> list[tuple[bool, str]]:
 
     return [(False, problem) for problem in schedule_problems(cfg)]
 
+
+TRAIN_MODELS = ("pix2pix", "vae", "diffusion")
+"""train.model values (see synthgen.models.MODELS)."""
+
+GENERATE_MODELS = ("", *TRAIN_MODELS, "hybrid")
+"""generate.model values ('' = the checkpoint's model)."""
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+"""diffusion.prediction_type values (diffusers' names)."""
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+"""diffusion.beta_schedule values (diffusers' names)."""
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 

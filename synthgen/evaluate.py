@@ -329,6 +329,9 @@ def run_evaluation(cfg: Config) -> dict:
 
     t0 = time.time()
     e = cfg.evaluate
+    if "diffusion" in split_list(e.conditions):
+        raise ConfigError("evaluate: 'diffusion' is not an evaluation condition yet; evaluate a diffusion "
+                          "model's dataset as --synthetic DIR (condition 'given')")
     real = find_pairs(e.real_images, e.real_masks)
     test = find_pairs(e.test_images, e.test_masks)
     check_no_leakage(real, test)

@@ -30,7 +30,7 @@ from synthgen.device import inference_batch_size, prepare_module, to_device
 from synthgen.data import (DataError, Source, binarise_mask, find_masks, find_pairs, image_channels,
                            load_image, load_mask, tiles)
 from synthgen.quality import assess_quality, parse_weights, rejection_reason, resolve_threshold
-from synthgen.steps import render_seeded
+from synthgen.steps import render_seeded, rendering_net
 from synthgen.storage import download_dir, exists, is_uri, pack_dir, unpack_dir
 from synthgen.variations import KINDS, add_input_noise, make_variation, variation_plan
 from synthgen.writers import DatasetWriter, decode_png, encode_png
@@ -123,20 +123,26 @@ class GeneratorActor:
 
     def __init__(self, checkpoints: dict, gpu: bool, precision: str, segmenter="", max_batch: int = 0,
                  channels_last: bool = False, compile: bool = False,
-                 score_weights: dict[str, float] | None = None) -> None:
+                 score_weights: dict[str, float] | None = None, sample_steps: int = 0) -> None:
         """checkpoints: model name -> directory, or an object-store ref of storage.pack_dir(directory)
         (what the pipeline passes, so actors on any node get the weights); segmenter likewise.
         max_batch: candidates per forward pass, 0 = device.inference_batch_size. score_weights: score
-        the candidates here, batched on the actor's device (generate.scoring 'torch'), else None."""
+        the candidates here, batched on the actor's device (generate.scoring 'torch'), else None.
+        sample_steps: DDIM steps of a diffusion checkpoint, 0 = its own (generate.sample_steps)."""
         from synthgen.segment import load_segmenter
 
         self.device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
         self.models = {name: load_checkpoint(_local_dir(c), self.device).nets for name, c in checkpoints.items()}
         for nets in self.models.values():
-            nets.pop("discriminator", None)  # not needed to render: free its memory
+            # Only the rendering network is needed: free the discriminator's memory, or that of the
+            # diffusion model's trained weights when their average renders.
+            keep = rendering_net(nets)
+            for name in [name for name, net in nets.items() if net is not keep]:
+                del nets[name]
             for net in nets.values():
                 prepare_module(net, channels_last, compile)
         self.precision, self.max_batch, self.channels_last = precision, max_batch, channels_last
+        self.sample_steps = sample_steps
         self.score_weights = score_weights
         self.chunk: dict[str, int] = {}
         self.segmenter = load_segmenter(_local_dir(segmenter), self.device) if segmenter else None
@@ -147,9 +153,10 @@ class GeneratorActor:
         nets = self.models[name]
         if name not in self.chunk:
             self.chunk[name] = self.max_batch or inference_batch_size(
-                lambda x: render_seeded(nets, x, np.zeros(len(x), np.int64), self.precision), inputs[:1])
+                lambda x: render_seeded(nets, x, np.zeros(len(x), np.int64), self.precision, self.sample_steps),
+                inputs[:1])
         c = self.chunk[name]
-        return np.concatenate([render_seeded(nets, inputs[i:i + c], seeds[i:i + c], self.precision)
+        return np.concatenate([render_seeded(nets, inputs[i:i + c], seeds[i:i + c], self.precision, self.sample_steps)
                                for i in range(0, len(inputs), c)])
 
     def __call__(self, batch: dict) -> dict:
@@ -263,7 +270,7 @@ def _checkpoints(g: GenerateConfig) -> tuple[dict[str, str], LoadedCheckpoint]:
     main_dir = resolve_checkpoint(g.checkpoint)
     main = load_checkpoint(main_dir)
     model = g.model or main.model
-    if model in ("pix2pix", "vae"):
+    if model != "hybrid":
         if model != main.model:
             raise CheckpointError(f"{main_dir}: holds a {main.model} model, not {model}")
         return {model: main_dir}, main
@@ -320,7 +327,8 @@ def build_pipeline(sources: list[Source], cfg: Config, checkpoints: dict[str, st
                                 "gpu": g.gpu, "precision": g.precision,
                                 "segmenter": ray.put(pack_dir(segmenter)) if segmenter else "",
                                 "max_batch": g.max_batch, "channels_last": g.channels_last, "compile": g.compile,
-                                "score_weights": parse_weights(g.weights) if torch_scoring(g) else None},
+                                "score_weights": parse_weights(g.weights) if torch_scoring(g) else None,
+                                "sample_steps": g.sample_steps},
                             **actor_resources, **restarts)
     return ds.map_batches(score_groups, batch_size=g.batch_size, num_cpus=0.25,
                           fn_kwargs={"weights": parse_weights(g.weights), "threshold": threshold,

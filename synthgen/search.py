@@ -35,7 +35,7 @@ from typing import Iterator
 from ray import tune
 
 from synthgen import console, ray_session, storage
-from synthgen.config import Config
+from synthgen.config import Config, ConfigError
 from synthgen.data import Pair, find_pairs, image_channels, split_pairs
 from synthgen.search_space import (Param, SearchError, apply_params, base_point, effective_space, objective_mode,
                                    parse_space, search_model)
@@ -335,6 +335,9 @@ def run_search(cfg: Config, overwrite: bool = False) -> SearchResult:
         out = prepare_search_dir(cfg, overwrite)
         cfg = Config.from_yaml(os.path.join(out, "config.yaml"), {"tune.resume": True})
     model = search_model(cfg)
+    if model == "diffusion":
+        raise ConfigError("synthgen tune does not search the diffusion model yet (train.model diffusion): "
+                          "set tune.model to pix2pix, vae or hybrid, or tune diffusion.* keys by hand")
     if model != "hybrid":
         cfg.train.model = model
     metric, mode = objective_mode(cfg)

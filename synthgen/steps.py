@@ -24,7 +24,7 @@ from synthgen.losses import (discriminator_loss, discriminator_loss_terms, gener
                              feature_matching_loss, kl_divergence, l1_loss, labelmix, labelmix_loss,
                              mask_to_label, oasis_discriminator_loss_terms, oasis_generator_loss, texture_loss,
                              vae_reconstruction_loss)
-from synthgen.models import build_models
+from synthgen.models import EMA_SUFFIX, MaskDiffusion, build_models
 from synthgen.progressive import Stage, faded, resize, stage_batch, stage_for
 from synthgen.quality import ssim
 
@@ -52,10 +52,15 @@ def unwrap(net: nn.Module) -> nn.Module:
     return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
 
 
+RENDERERS = ("diffusion" + EMA_SUFFIX, "diffusion", "vae", "generator")
+"""Networks that draw images, in order of preference: the diffusion model's weight average before its
+trained weights (sampling from the average is why it is kept)."""
+
+
 def rendering_net(nets: dict[str, nn.Module]) -> nn.Module:
-    """The network that draws images ("vae" or "generator", unwrapped); never the discriminator,
-    which pix2pix and the cVAE-GAN both have."""
-    return unwrap(nets["vae" if "vae" in nets else "generator"])
+    """The network that draws images (the first of RENDERERS in `nets`, unwrapped); never the
+    discriminator, which pix2pix and the cVAE-GAN both have."""
+    return unwrap(nets[next(name for name in RENDERERS if name in nets)])
 
 
 def lr_factor(epoch: int, epochs: int, decay_start: float) -> float:
@@ -84,7 +89,8 @@ def set_learning_rates(state: TrainState, epoch: int) -> float:
 
 def build_state(cfg: Config, channels: int, device: torch.device | str = "cpu",
                 min_size: int | None = None) -> TrainState:
-    """Fresh networks (seeded: identical on every worker) and Adam optimisers; `min_size` as in
+    """Fresh networks (seeded: identical on every worker) and an Adam optimiser for each one with
+    trainable weights (a weight average, models.EMA_SUFFIX, has none); `min_size` as in
     models.build_models."""
     device = torch.device(device)
     torch.manual_seed(cfg.train.seed)
@@ -95,9 +101,9 @@ def build_state(cfg: Config, channels: int, device: torch.device | str = "cpu",
             net.gradient_checkpointing = t.grad_checkpoint
         prepare_module(net, t.channels_last, t.compile)
     optimizers = {name: torch.optim.Adam(net.parameters(), lr=base_lr(cfg, name), betas=(t.beta1, 0.999))
-                  for name, net in nets.items()}
+                  for name, net in nets.items() if any(p.requires_grad for p in net.parameters())}
     use_scaler = t.precision == "fp16"
-    scalers = {name: torch.amp.GradScaler(device.type, enabled=use_scaler) for name in nets}
+    scalers = {name: torch.amp.GradScaler(device.type, enabled=use_scaler) for name in optimizers}
     return TrainState(cfg, nets, optimizers, scalers, device, channels)
 
 
@@ -366,7 +372,47 @@ def vae_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> dict[
     return sums
 
 
-STEPS: dict[str, Callable[[TrainState, list], dict[str, float]]] = {"pix2pix": pix2pix_step, "vae": vae_step}
+def ema_decay(state: TrainState, name: str) -> float:
+    """diffusion.ema_decay, warmed up as min(decay, (1 + n) / (10 + n)) after n optimiser steps of
+    `name` (diffusers' EMAModel default): a run of a few hundred steps would otherwise sample from
+    weights still mostly at their initial values. n is Adam's own step count, which the checkpoint's
+    optimiser state carries, so a resumed run continues the warm-up where it stopped."""
+    steps = [int(s["step"]) for s in state.optimizers[name].state.values() if "step" in s]
+    n = max(steps, default=0)
+    return min(state.cfg.diffusion.ema_decay, (1 + n) / (10 + n))
+
+
+@torch.no_grad()
+def update_ema(state: TrainState, name: str) -> None:
+    """Move the weight average nets[name + EMA_SUFFIX] (if any) towards nets[name]: ema += (1 - decay)
+    * (w - ema), after the optimiser step."""
+    ema = state.nets.get(name + EMA_SUFFIX)
+    if ema is None:
+        return
+    weight = 1.0 - ema_decay(state, name)
+    for average, current in zip(unwrap(ema).parameters(), unwrap(state.nets[name]).parameters()):
+        average.lerp_(current, weight)
+
+
+def diffusion_step(state: TrainState, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """One update of the diffusion model's noise-prediction MSE (models.diffusion: fresh noise and
+    timesteps per image from the global RNG, seeded per epoch), then of its weight average."""
+    net, n = state.nets["diffusion"], len(batches)
+    state.optimizers["diffusion"].zero_grad(set_to_none=True)
+    sums: dict[str, float] = {}
+    for i, b in enumerate(batches):
+        with _sync_unless(net, i == n - 1):
+            with autocast(state):
+                loss = net(b["mask"], b["image"])  # forward is the loss, so DDP sees the call
+            state.scalers["diffusion"].scale(loss / n).backward()
+        _add(sums, {"loss/diffusion_mse": loss}, n)
+    _optimiser_step(state, "diffusion")
+    update_ema(state, "diffusion")
+    return sums
+
+
+STEPS: dict[str, Callable[[TrainState, list], dict[str, float]]] = {"pix2pix": pix2pix_step, "vae": vae_step,
+                                                                     "diffusion": diffusion_step}
 
 
 def seed_epoch(cfg: Config, epoch: int, rank: int) -> None:
@@ -434,8 +480,20 @@ def render(nets: dict[str, nn.Module], masks: torch.Tensor, num_samples: int = 1
     pix2pix without noise channels is deterministic in eval mode, so its samples repeat; with them each
     sample draws fresh noise (from `generator`; a fixed seed when `prior_mean`). The VAE draws
     z ~ N(0, I) per sample, or uses z = 0 (the prior mean) when `prior_mean` (used for validation,
-    where we want one image).
+    where we want one image). The diffusion model samples with DDIM from one seed per image, drawn
+    from `generator`; `prior_mean` (it has no mean image) takes the fixed seeds 0, 1, ... instead, so
+    validation compares the same draws every epoch.
     """
+    net = rendering_net(nets)
+    if isinstance(net, MaskDiffusion):
+        count = len(masks) * num_samples
+        if prior_mean:
+            seeds = torch.arange(count)
+        else:
+            seeds = torch.randint(0, 2**62, (count,), generator=generator,
+                                  device=generator.device if generator is not None else "cpu")
+        out = net.eval().render(masks.repeat_interleave(num_samples, dim=0), seeds.tolist())
+        return out.view(len(masks), num_samples, *out.shape[1:])
     if "vae" in nets:
         vae = unwrap(nets["vae"]).eval()
         if prior_mean:
@@ -454,15 +512,19 @@ def render(nets: dict[str, nn.Module], masks: torch.Tensor, num_samples: int = 1
 
 
 def render_seeded(nets: dict[str, nn.Module], inputs: torch.Tensor, seeds: np.ndarray,
-                  precision: str = "fp32") -> np.ndarray:
+                  precision: str = "fp32", sample_steps: int = 0) -> np.ndarray:
     """Generated images (B, H, W, C) uint8 for generator inputs (B,1,H,W) on the nets' device.
 
-    The VAE draws one z per row, and a noise-injected pix2pix its noise, from a generator seeded by that
-    row's seed, so an image depends on its own seed only, never on how rows were batched; pix2pix
-    without noise channels is deterministic in eval mode."""
+    The VAE draws one z per row, a noise-injected pix2pix its noise and the diffusion model its starting
+    noise, from a generator seeded by that row's seed, so an image depends on its own seed only, never
+    on how rows were batched (the diffusion model up to float rounding, ~1e-6, which can move a pixel
+    by one grey level); pix2pix without noise channels is deterministic in eval mode. `sample_steps`:
+    the diffusion model's DDIM steps, 0 = its config's."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     with torch.inference_mode(), torch.autocast(inputs.device.type, dtype=dtype, enabled=dtype is not None):
-        if "vae" in nets:
+        if isinstance(rendering_net(nets), MaskDiffusion):
+            out = rendering_net(nets).eval().render(inputs, seeds.tolist(), sample_steps or None)
+        elif "vae" in nets:
             vae = unwrap(nets["vae"]).eval()
             z = torch.stack([torch.randn(vae.config["latent_dim"], generator=torch.Generator().manual_seed(int(s)))
                              for s in seeds]).to(inputs.device)

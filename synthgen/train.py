@@ -77,7 +77,8 @@ def run_training(loop_config: dict, rank: int, world: int, device: torch.device,
     if checkpoint:
         with checkpoint.as_directory() as d:
             restore_state(state, load_checkpoint(d, device, training_state=True))
-    state.nets = {name: wrap(net) for name, net in state.nets.items()}
+    # Only optimised networks are DDP-wrapped: DDP refuses a weight average, which has no gradients.
+    state.nets = {name: wrap(net) if name in state.optimizers else net for name, net in state.nets.items()}
     objective = None
     if loop_config.get("objective") and rank == 0:
         from synthgen.objectives import ObjectiveEvaluator
@@ -329,7 +330,7 @@ def write_run_report(out: str, ckpt, sample_pairs: list[Pair], seconds: float) -
                      augment=False, channels=ckpt.channels)
     masks = torch.stack([ds[i]["mask"] for i in range(len(ds))])
     reals = torch.stack([ds[i]["image"] for i in range(len(ds))])
-    n_samples = 3 if cfg.train.model == "vae" else 1
+    n_samples = 1 if cfg.train.model == "pix2pix" else 3  # the VAE's and the diffusion model's samples differ
     plots.save_sample_grid(ckpt.nets, masks, reals, os.path.join(out, "samples.png"), n_samples, cfg.train.seed)
     last = ckpt.history[-1] if ckpt.history else {}
     first = ckpt.history[0] if ckpt.history else {}

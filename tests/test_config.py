@@ -152,7 +152,7 @@ def test_yaml_round_trip(tmp_path) -> None:
                                             "pix2pix.diffaug": "color", "vae.beta": 0.25, "train.gpu": True,
                                             "train.cpus_per_worker": 0.5, "train.model": "vae"})
     text = cfg.to_yaml()
-    assert list(yaml.safe_load(text)) == ["data", "pix2pix", "vae", "train", "variations", "generate", "evaluate", "tune"]
+    assert list(yaml.safe_load(text)) == ["data", "pix2pix", "vae", "diffusion", "train", "variations", "generate", "evaluate", "tune"]
     back = Config.from_yaml(_write(tmp_path, text))
     assert back == cfg
     assert back.train.lr == 3e-5 and back.data.images == "a b/imgs"

@@ -137,7 +137,7 @@ def test_build_models(model: str, channels: int) -> None:
     else:
         assert set(nets) == {"vae"}
         assert nets["vae"].sample(mask, 2).shape == (4, channels, 32, 32)
-    assert set(MODELS) == {"pix2pix", "vae"}
+    assert set(MODELS) == {"pix2pix", "vae", "diffusion"}
 
 
 def test_init_weights_statistics() -> None:

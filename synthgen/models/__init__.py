@@ -1,12 +1,14 @@
 """Model registry: build the networks of a run from its Config, or rebuild one from a saved `.config`.
 
     from synthgen.models import build_models, build_from_config
-    nets = build_models(cfg, channels=3)        # {"generator", "discriminator"} or {"vae"[, "discriminator"]}
+    nets = build_models(cfg, channels=3)        # {"generator", "discriminator"}, {"vae"[, "discriminator"]}
+                                                # or {"diffusion"[, "diffusion_ema"]}
     g = build_from_config("generator", nets["generator"].config)   # same architecture, fresh weights
     d = build_from_config(network_kind("discriminator", cfg), nets["discriminator"].config)
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable
 
 from torch import nn
@@ -14,14 +16,15 @@ from torch.nn.utils import parametrize
 
 from synthgen.config import Config
 from synthgen.progressive import min_size as schedule_min_size
+from synthgen.models.diffusion import MaskDiffusion
 from synthgen.models.oasis import OASISDiscriminator
 from synthgen.models.pix2pix import PatchDiscriminator, UNetGenerator
 from synthgen.models.vae import ConditionalVAE
 
 __all__ = [
     "MODELS", "NETWORKS", "build_models", "build_from_config", "build_discriminator", "build_pix2pix",
-    "build_vae", "init_weights", "network_kind",
-    "UNetGenerator", "PatchDiscriminator", "OASISDiscriminator", "ConditionalVAE",
+    "build_vae", "build_diffusion", "init_weights", "network_kind", "EMA_SUFFIX",
+    "UNetGenerator", "PatchDiscriminator", "OASISDiscriminator", "ConditionalVAE", "MaskDiffusion",
 ]
 
 
@@ -86,12 +89,31 @@ def build_vae(cfg: Config, channels: int, min_size: int | None = None) -> dict[s
     return nets
 
 
-MODELS: dict[str, Callable[..., dict[str, nn.Module]]] = {"pix2pix": build_pix2pix, "vae": build_vae}
+EMA_SUFFIX = "_ema"
+"""A network named <name>_ema is a moving average of <name>'s weights: never optimised, only sampled from."""
+
+
+def build_diffusion(cfg: Config, channels: int, min_size: int | None = None) -> dict[str, nn.Module]:
+    """{"diffusion": ...}, plus {"diffusion_ema": ...} (a copy, averaged during training) when
+    diffusion.ema_decay > 0. Diffusers' own initialisation is kept (its U-Net is built for it), and
+    progressive training is refused by the config, so `min_size` is unused."""
+    d = cfg.diffusion
+    net = MaskDiffusion(image_channels=channels, image_size=cfg.data.image_size, channels=d.channels,
+                        layers_per_block=d.layers_per_block, timesteps=d.timesteps, beta_schedule=d.beta_schedule,
+                        prediction_type=d.prediction_type, sample_steps=d.sample_steps)
+    nets = {"diffusion": net}
+    if d.ema_decay > 0:
+        nets["diffusion" + EMA_SUFFIX] = copy.deepcopy(net).requires_grad_(False)
+    return nets
+
+
+MODELS: dict[str, Callable[..., dict[str, nn.Module]]] = {"pix2pix": build_pix2pix, "vae": build_vae,
+                                                          "diffusion": build_diffusion}
 """cfg.train.model -> builder of that model's networks."""
 
 NETWORKS: dict[str, type[nn.Module]] = {
     "generator": UNetGenerator, "discriminator": PatchDiscriminator, "oasis_discriminator": OASISDiscriminator,
-    "vae": ConditionalVAE,
+    "vae": ConditionalVAE, "diffusion": MaskDiffusion, "diffusion" + EMA_SUFFIX: MaskDiffusion,
 }
 """Network kind -> class, for rebuilding from a saved `.config`. The kind is the name build_models
 gives the network, except for an OASIS discriminator (see network_kind)."""
