@@ -4,8 +4,8 @@
     python benchmarks/bench_downstream.py --k 3 --seeds 1 --seg-steps 100 --gen-steps 100   # smoke
 
 Trains segmenters on k = 3, 5, 10 real pairs from ../shared/data/isbi2012_em/train (membranes as
-foreground) under the conditions real / classic / pix2pix / vae / hybrid, plus all 24 real pairs as
-the upper reference, and scores them on the 6 held-out pairs in test/ (see synthgen/evaluate.py).
+foreground) under the conditions real / classic / pix2pix / vae / hybrid (and diffusion when asked
+for), plus all 24 real pairs as the upper reference, and scores them on the 6 held-out pairs in test/ (see synthgen/evaluate.py).
 Budgets (per segmenter 400 steps of batch 8 at 128 px; per generator 400 steps of batch 4) were
 sized so the whole table ran within an hour on 2 CPU cores under --mixing replace; the default 'add'
 doubles the batch of the synthetic conditions (about 1.5x the segmenter time in all). Every segmenter is

@@ -351,7 +351,8 @@ class EvaluateConfig:
     """Segmenter seeds per (condition, k)."""
     conditions: str = "real,classic,pix2pix,vae,hybrid"
     """Which of real (random crops only), classic (crops, flips, rot90, elastic, intensity), pix2pix,
-    vae, hybrid (real with classic augmentation + that generator's filtered synthetic pairs) to run."""
+    vae, hybrid, diffusion (real with classic augmentation + that generator's filtered synthetic pairs)
+    to run. diffusion is not in the default list: its sampler costs seconds per candidate on a CPU."""
     all_real: bool = True
     """Also train on all real pairs: the upper reference."""
     image_size: int = 128
@@ -394,7 +395,8 @@ class EvaluateConfig:
     gen_steps: int = 300
     """Generator optimizer steps per (k, model) (batch 4)."""
     gen_ngf: int = 32
-    """Width of the generators trained for the evaluation (pix2pix ngf/ndf, VAE nf = gen_ngf // 2)."""
+    """Width of the generators trained for the evaluation (pix2pix ngf/ndf, VAE nf = gen_ngf // 2,
+    diffusion channels = gen_ngf // 2, at least 8; evaluate.gen_set overrides any of them)."""
     gen_generator: str = "unet"
     """pix2pix generator network of the evaluation: 'unet' or 'attention_unet' (see pix2pix.generator)."""
     gen_set: str = ""

@@ -6,8 +6,8 @@
 For each k (the first k real pairs by stem): pix2pix and a VAE are trained on those k pairs only
 (Ray tasks), filtered synthetic sets are generated from the same k pairs (Ray Data), and segmenters
 are trained with a fixed step budget for every (condition, k, seed) as parallel Ray tasks:
-real (random crops only), classic (+ flips, rot90, elastic, intensity), pix2pix / vae / hybrid
-(classic real crops mixed with that synthetic set), and all real pairs as the upper reference.
+real (random crops only), classic (+ flips, rot90, elastic, intensity), pix2pix / vae / hybrid /
+diffusion (classic real crops mixed with that synthetic set), and all real pairs as the upper reference.
 Synthetic items join the real ones as evaluate.mixing says ('add' by default: the baselines' real
 batches plus synthetic ones, so every condition sees the real pairs equally often; see synthgen.mixing).
 evaluate.thresholds runs each generated condition at several filter thresholds (pix2pix@t0, ...).
@@ -33,9 +33,13 @@ from synthgen.config import Config, ConfigError, split_list
 from synthgen.data import DataError, Pair, find_pairs
 
 REAL_CONDITIONS = ("real", "classic")
-GENERATED_CONDITIONS = ("pix2pix", "vae", "hybrid")
+DIFFUSION_BETA1 = 0.9
+"""Adam beta1 of the evaluation's diffusion models: DDPM's 0.9, not pix2pix's 0.5 (train.beta1's
+default), whose short gradient memory suits an adversarial game, not a regression of the noise."""
+GENERATED_CONDITIONS = ("pix2pix", "vae", "hybrid", "diffusion")
 DEFAULT_VARIATIONS = {"pix2pix": "noise,elastic,morph,flip", "vae": "latent,elastic,morph,flip"}
-"""Variation kinds of the generated sets when evaluate.variations is '' (vae also serves hybrid)."""
+"""Variation kinds of the generated sets when evaluate.variations is '' (vae's also serve hybrid and
+diffusion: like the VAE, the diffusion model draws a new image for every candidate seed)."""
 
 
 def _file_hash(path: str) -> str:
@@ -85,13 +89,18 @@ def _generator_config(cfg: Config, model: str, k: int, pairs_dir: tuple[str, str
         e.image_size, e.invert_mask, 8, 1, 0
     g.pix2pix.ngf = g.pix2pix.ndf = e.gen_ngf
     g.pix2pix.generator = e.gen_generator
+    g.vae.nf = max(4, e.gen_ngf // 2)
+    g.diffusion.channels = max(8, e.gen_ngf // 2)
+    g.train.batch_size = 4
+    if model == "diffusion":
+        g.train.beta1 = DIFFUSION_BETA1
+    # After the evaluation's own choices, so that gen_set can override any of them.
     for item in split_list(e.gen_set):
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"evaluate.gen_set: '{item}' is not key=value")
         g.set(key.strip(), value.strip(), source="evaluate.gen_set")
-    g.vae.nf = max(4, e.gen_ngf // 2)
-    g.train.model, g.train.out, g.train.batch_size = model, out, 4
+    g.train.model, g.train.out = model, out
     g.train.epochs = max(1, math.ceil(e.gen_steps / math.ceil(k * g.data.repeats / g.train.batch_size)))
     return g
 
@@ -112,6 +121,8 @@ def train_generator_task(cfg_dict: dict) -> str:
     t = cfg.train
     if t.model == "pix2pix":
         gen.train_pix2pix(loader, t.epochs, t.lr, cfg.pix2pix.lambda_l1)
+    elif t.model == "diffusion":
+        gen.train_diffusion(loader, t.epochs, t.lr)
     else:
         gen.train_vae(loader, t.epochs, t.lr, cfg.vae.beta)
     return gen.save(os.path.join(t.out, "model"))
@@ -329,9 +340,6 @@ def run_evaluation(cfg: Config) -> dict:
 
     t0 = time.time()
     e = cfg.evaluate
-    if "diffusion" in split_list(e.conditions):
-        raise ConfigError("evaluate: 'diffusion' is not an evaluation condition yet; evaluate a diffusion "
-                          "model's dataset as --synthetic DIR (condition 'given')")
     real = find_pairs(e.real_images, e.real_masks)
     test = find_pairs(e.test_images, e.test_masks)
     check_no_leakage(real, test)

@@ -178,3 +178,21 @@ def test_generated_sets_take_the_evaluation_variations():
     cfg.evaluate.variations = "affine,twist"
     with pytest.raises(ConfigError, match="evaluate.variations"):
         cfg.validate()
+
+
+def test_diffusion_is_an_evaluation_condition(ray_2cpu, tmp_path):
+    """--conditions diffusion trains the diffusion model on the k pairs (Adam beta1 0.9, width from
+    gen_ngf unless gen_set says otherwise), generates its set through the pipeline and trains on it."""
+    real = write_pairs(str(tmp_path / "real"), n=3, size=(40, 48), seed=1)
+    test = write_pairs(str(tmp_path / "test"), n=2, size=(40, 48), seed=2)
+    cfg = _config(tmp_path, real, test, conditions="diffusion", all_real=False, curve_every=0,
+                  gen_set="diffusion.timesteps=20,diffusion.sample_steps=2,diffusion.layers_per_block=1")
+    result = run_evaluation(cfg)
+    assert [t["condition"] for t in result["trials"]] == ["diffusion"]
+    assert 0.0 <= result["trials"][0]["dice"] <= 1.0 and result["trials"][0]["synthetic_items"] > 0
+    with open(os.path.join(cfg.evaluate.out, "k2", "diffusion", "model", "config.json")) as f:
+        saved = json.load(f)
+    assert saved["train"]["model"] == "diffusion" and saved["train"]["beta1"] == 0.9
+    assert saved["diffusion"]["channels"] == 8 and saved["diffusion"]["sample_steps"] == 2
+    with open(os.path.join(cfg.evaluate.out, "k2", "synthetic_diffusion", "manifest.json")) as f:
+        assert json.load(f)["counts"]["generated"] == 2 * 8
