@@ -522,8 +522,9 @@ def render_seeded(nets: dict[str, nn.Module], inputs: torch.Tensor, seeds: np.nd
     the diffusion model's DDIM steps, 0 = its config's."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     with torch.inference_mode(), torch.autocast(inputs.device.type, dtype=dtype, enabled=dtype is not None):
-        if isinstance(rendering_net(nets), MaskDiffusion):
-            out = rendering_net(nets).eval().render(inputs, seeds.tolist(), sample_steps or None)
+        net = rendering_net(nets)
+        if isinstance(net, MaskDiffusion):
+            out = net.eval().render(inputs, seeds.tolist(), sample_steps or None)
         elif "vae" in nets:
             vae = unwrap(nets["vae"]).eval()
             z = torch.stack([torch.randn(vae.config["latent_dim"], generator=torch.Generator().manual_seed(int(s)))
