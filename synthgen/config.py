@@ -36,6 +36,14 @@ class DataConfig:
     invert_mask: bool = False
     """Masks hold two values; by default the brighter one is foreground (1). True flips that, e.g. for
     ISBI 2012 where membranes are 0 (black)."""
+    num_classes: int = 2
+    """Classes in the masks. 2: binary masks (two gray values, see invert_mask). N > 2: label maps whose
+    gray value or palette index is the class index 0..N-1. 0: such label maps, N inferred from the
+    masks (largest index + 1) and printed. With `classes` set, N is the table's length."""
+    classes: dict = field(default_factory=dict)
+    """Class table, name -> mask value in class order, e.g. {background: 0, membrane: 1, mitochondrion: 2}
+    (gray or palette values) or {sky: [70, 130, 180], road: [128, 64, 128]} (RGB colour-coded masks).
+    Empty: see num_classes. A mask value outside the table is an error naming the file."""
     min_pairs: int = 3
     """Fewer valid pairs than this (validation pairs included) is refused."""
     val_pairs: int = 1
@@ -576,6 +584,12 @@ class Config:
              f"vae.lambda_gan and vae.lambda_fm must be >= 0 (0 disables the term), got "
              f"{self.vae.lambda_gan} and {self.vae.lambda_fm}"),
             (dt.val_pairs >= 0 and dt.repeats >= 1, "data.val_pairs >= 0 and data.repeats >= 1"),
+            (dt.num_classes == 0 or dt.num_classes >= 2, "data.num_classes must be 0 (infer) or >= 2"),
+            (not dt.classes or dt.num_classes in (0, 2, len(dt.classes)),
+             f"data.classes lists {len(dt.classes)} classes but data.num_classes is {dt.num_classes}"),
+            (not dt.classes or len(dt.classes) >= 2, "data.classes needs at least 2 classes"),
+            (not dt.invert_mask or (dt.num_classes == 2 and not dt.classes),
+             "data.invert_mask applies to binary masks only (data.num_classes 2, no data.classes)"),
             (dt.min_pairs >= dt.val_pairs + 1, "data.min_pairs must leave at least one training pair"),
         ] + self._diffusion_checks() + self._generate_checks() + self._search_checks() + self._evaluate_checks() + _progressive_checks(self)
         errors = [msg for ok, msg in checks if not ok]
@@ -735,6 +749,9 @@ def _set(cfg: Config, dotted: str, value: Any, source: str) -> None:
     if key not in names:
         raise ConfigError(f"{source}: unknown key '{dotted}'")
     default = getattr(obj, key)
+    if dotted == "data.classes":
+        setattr(obj, key, _class_table(value, source))
+        return
     if isinstance(default, dict):
         setattr(obj, key, _mapping(dotted, value, source))
         return
@@ -760,6 +777,28 @@ def _set(cfg: Config, dotted: str, value: Any, source: str) -> None:
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: '{dotted}' must be {type(default).__name__}, got {value!r}") from None
     setattr(obj, key, value)
+
+
+def _class_table(value: Any, source: str) -> dict[str, int | list[int]]:
+    """data.classes from YAML ({name: 0, name: [r, g, b]}) or the command line
+    ('background=0;membrane=1' or 'road=128,64,128;sky=70,130,180'); values are checked by labels.py."""
+    table = _mapping("data.classes", value, source) if isinstance(value, str) else value
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: 'data.classes' must be a mapping of class name to value, got {value!r}")
+    out: dict[str, int | list[int]] = {}
+    for name, v in table.items():
+        if isinstance(v, str):
+            try:
+                parts = [int(c) for c in v.replace("/", ",").split(",")]
+            except ValueError:
+                raise ConfigError(f"{source}: data.classes '{name}' must be an int or r,g,b, got {v!r}") from None
+            v = parts[0] if len(parts) == 1 else parts
+        if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, list) and len(v) == 3 and
+                                       all(isinstance(c, int) and 0 <= c <= 255 for c in v))):
+            raise ConfigError(f"{source}: data.classes '{name}' must be a mask value (int) or an [r, g, b] "
+                              f"colour, got {v!r}")
+        out[str(name)] = v
+    return out
 
 
 def _mapping(dotted: str, value: Any, source: str) -> dict[str, str]:

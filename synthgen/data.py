@@ -42,27 +42,15 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from synthgen.errors import DataError  # noqa: F401 - re-exported: callers import it from here
+from synthgen.labels import ClassTable, infer_indices_table, mask_to_condition, raw_mask_array, table_from_config
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 # PIL modes decoded as one gray channel; every other mode (RGB, RGBA, P, CMYK, YCbCr, ...) is colour.
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 # High-bit-depth gray modes: PIL's convert("L") clips them at 255 instead of scaling, so we scale.
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
-
-
-class DataError(ValueError):
-    """Raised with EVERY problem found; each line names the file. `.problems: list[str]`."""
-
-    def __init__(self, problems: list[str] | str) -> None:
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        # args = (problems,) so the error survives pickling (Ray ships exceptions between processes).
-        super().__init__(self.problems)
-
-    def __str__(self) -> str:
-        if len(self.problems) == 1:
-            return self.problems[0]
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        return f"{len(self.problems)} problems with the input data:\n{lines}"
 
 
 @dataclass(frozen=True)
@@ -119,7 +107,8 @@ def binarise_mask(gray: np.ndarray, path: str, invert: bool) -> np.ndarray:
         raise DataError(
             f"{path}: mask has {len(values)} distinct gray values, at most 2 are allowed "
             "(background and foreground). JPEG-compressed or anti-aliased masks are not binary: "
-            "threshold them and save masks as PNG")
+            "threshold them and save masks as PNG; for label maps of more than two classes set "
+            "data.num_classes (0 infers it) or data.classes")
     if len(values) == 2:
         fg = gray == values[1]
     else:
@@ -132,9 +121,36 @@ def load_image(path: str, channels: int | None = None) -> np.ndarray:
     return _decode_image(_open(path), channels)
 
 
-def load_mask(path: str, invert: bool = False) -> np.ndarray:
-    """HxW uint8 in {0, 1}: brighter of the (at most two) values is 1, unless `invert`."""
-    return binarise_mask(_gray_array(_open(path)), path, invert)
+def decode_mask(im: Image.Image, path: str, invert: bool = False, table: ClassTable | None = None) -> np.ndarray:
+    """An opened mask -> HxW uint8 label map: binary rules without a table (or with a binary one),
+    else the table's (synthgen/labels.py)."""
+    if table is None or table.kind == "binary":
+        return binarise_mask(_gray_array(im), path, table.invert if table is not None else invert)
+    return table.label_map(raw_mask_array(im, table.colour_coded), path)
+
+
+def load_mask(path: str, invert: bool = False, table: ClassTable | None = None) -> np.ndarray:
+    """HxW uint8 label map. Binary (no table): {0, 1}, brighter of the (at most two) values is 1,
+    unless `invert`. With a multi-class `table`: class indices 0..N-1."""
+    return decode_mask(_open(path), path, invert, table)
+
+
+def resolve_class_table(mask_paths: list[str], num_classes: int = 2, classes: dict | None = None,
+                        invert: bool = False) -> ClassTable:
+    """The class table of data.num_classes / data.classes, inferring N from `mask_paths` when
+    num_classes is 0 (every file is read)."""
+    table = table_from_config(classes, num_classes, invert)
+    if table is not None:
+        return table
+    raws, problems = [], []
+    for path in mask_paths:
+        try:
+            raws.append((path, raw_mask_array(_open(path))))
+        except (OSError, UnidentifiedImageError, DataError) as e:
+            problems.append(f"{path}: cannot read ({e})")
+    if problems:
+        raise DataError(problems)
+    return infer_indices_table(raws)
 
 
 def _is_colour(path: str) -> bool:
@@ -172,12 +188,12 @@ def _scan(folder: str, kind: str, problems: list[str]) -> tuple[dict[str, str], 
     return {s: paths[0] for s, paths in by_stem.items() if s not in ambiguous}, ambiguous
 
 
-def _check(path: str, is_mask: bool, problems: list[str]) -> tuple[int, int] | None:
+def _check(path: str, is_mask: bool, problems: list[str], table: ClassTable | None = None) -> tuple[int, int] | None:
     """Decode one file completely; report why it is unusable. Returns its (width, height)."""
     try:
         im = _open(path)
         if is_mask:
-            binarise_mask(_gray_array(im), path, invert=False)
+            decode_mask(im, path, table=table)
         return im.size
     except DataError as e:
         problems.extend(e.problems)
@@ -189,8 +205,9 @@ def _check(path: str, is_mask: bool, problems: list[str]) -> tuple[int, int] | N
     return None
 
 
-def find_pairs(images_dir: str, masks_dir: str, min_pairs: int = 1) -> list[Pair]:
-    """Discover pairs by file stem (sorted by stem) and validate every file.
+def find_pairs(images_dir: str, masks_dir: str, min_pairs: int = 1, table: ClassTable | None = None) -> list[Pair]:
+    """Discover pairs by file stem (sorted by stem) and validate every file (masks against `table`;
+    None = binary).
 
     Raises one DataError listing ALL problems found, rather than stopping at the first.
     """
@@ -212,7 +229,7 @@ def find_pairs(images_dir: str, masks_dir: str, min_pairs: int = 1) -> list[Pair
             else:
                 problems.append(f"{mask}: no image with stem '{stem}' in {images_dir}")
             continue
-        img_size, mask_size = _check(img, False, problems), _check(mask, True, problems)
+        img_size, mask_size = _check(img, False, problems), _check(mask, True, problems, table)
         if img_size is None or mask_size is None:
             continue
         if img_size != mask_size:
@@ -227,13 +244,13 @@ def find_pairs(images_dir: str, masks_dir: str, min_pairs: int = 1) -> list[Pair
     return pairs
 
 
-def find_masks(masks_dir: str, min_masks: int = 1) -> list[tuple[str, str]]:
+def find_masks(masks_dir: str, min_masks: int = 1, table: ClassTable | None = None) -> list[tuple[str, str]]:
     """(stem, path) of every mask in a folder, sorted by stem; one DataError lists all problems."""
     problems: list[str] = []
     scanned = _scan(masks_dir, "masks", problems)
     if scanned is None:
         raise DataError(problems)
-    found = [(stem, path) for stem, path in sorted(scanned[0].items()) if _check(path, True, problems)]
+    found = [(stem, path) for stem, path in sorted(scanned[0].items()) if _check(path, True, problems, table)]
     if len(found) < min_masks:
         problems.append(f"{masks_dir}: found {len(found)} valid masks, need at least {min_masks}")
     if problems:
@@ -332,9 +349,10 @@ def tensor_to_image(t: torch.Tensor) -> np.ndarray:
     return x.to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 
 
-def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:
-    """HxW {0, 1} -> 1xHxW float32."""
-    return torch.from_numpy(np.ascontiguousarray(mask)).float().unsqueeze(0)
+def mask_to_tensor(mask: np.ndarray, num_classes: int = 2) -> torch.Tensor:
+    """HxW label map -> the networks' condition: 1xHxW float32 {0, 1} for binary masks, NxHxW one-hot
+    for N > 2 classes (labels.mask_to_condition)."""
+    return mask_to_condition(mask, num_classes)
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -347,7 +365,10 @@ class PairDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, pairs: list[Pair], image_size: int, invert_mask: bool = False, augment: bool = True,
-                 repeats: int = 1, seed: int = 0, channels: int | None = None) -> None:
+                 repeats: int = 1, seed: int = 0, channels: int | None = None,
+                 table: ClassTable | None = None) -> None:
+        """`table`: how masks are read (None = binary, by invert_mask); items' "mask" is then the
+        networks' condition for its num_classes (see mask_to_tensor)."""
         if not pairs:
             raise ValueError("PairDataset needs at least one pair")
         if repeats < 1 or seed < 0 or image_size < 1:
@@ -356,12 +377,13 @@ class PairDataset(torch.utils.data.Dataset):
         self.pairs = list(pairs)
         self.image_size, self.augment, self.repeats, self.seed = image_size, augment, repeats, seed
         self.epoch = 0
+        self.num_classes = table.num_classes if table is not None else 2
         # A 3-30 pair dataset fits in memory; decoding once keeps PNG/JPEG decoding out of every step.
         self._channels = channels if channels is not None else image_channels(self.pairs)
         self._images: list[np.ndarray] = []
         self._masks: list[np.ndarray] = []
         for p in self.pairs:
-            image, mask = load_image(p.image, self._channels), load_mask(p.mask, invert_mask)
+            image, mask = load_image(p.image, self._channels), load_mask(p.mask, invert_mask, table)
             if image.shape[:2] != mask.shape:
                 raise DataError(f"{p.image}: image is {image.shape[1]}x{image.shape[0]} px but its mask "
                                 f"{p.mask} is {mask.shape[1]}x{mask.shape[0]} px (width x height)")
@@ -389,7 +411,7 @@ class PairDataset(torch.utils.data.Dataset):
         k = i % len(self.pairs)
         rng = np.random.default_rng([self.seed, self.epoch, i])
         image, mask = joint_augment(self._images[k], self._masks[k], self.image_size, rng, self.augment)
-        return {"image": image_to_tensor(image), "mask": mask_to_tensor(mask), "index": k}
+        return {"image": image_to_tensor(image), "mask": mask_to_tensor(mask, self.num_classes), "index": k}
 
 
 class SyntheticDataset(torch.utils.data.Dataset):
